@@ -1,0 +1,137 @@
+//! Coordination: who may produce which unit.
+//!
+//! One trait, [`Coordinator`], with an in-process implementation
+//! ([`local::LocalCoordinator`]) for a pod alone and, later, a Redis one for
+//! a cluster. Code above it never asks which one it has. A coordinator only
+//! decides claims and carries notices; storage stays the truth for outputs,
+//! so a coordinator never creates or deletes files.
+
+pub mod local;
+
+use crate::plan::Unit;
+use crate::JobId;
+use async_trait::async_trait;
+use std::time::Duration;
+
+pub use local::LocalCoordinator;
+
+/// Errors from the coordination backend (the network, Redis).
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("coordination backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Which kind of coordination is in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// In-process claims: this pod alone.
+    Local,
+    /// Claims shared with other pods through Redis.
+    Distributed,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Local => "local",
+            Mode::Distributed => "distributed",
+        }
+    }
+}
+
+/// The right to produce one unit, until it expires or is given back.
+/// The token is random per claim (never the worker id), so a stale release
+/// from an older claim cannot delete a newer one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub job: JobId,
+    pub unit: Unit,
+    pub token: String,
+    pub worker_id: String,
+}
+
+/// The result of trying to claim one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// We hold it now. `takeover` is true when an expired claim of another
+    /// holder was replaced.
+    Won { lease: Lease, takeover: bool },
+    /// Someone else holds it.
+    Held { holder: String },
+    /// It is already done.
+    Done,
+}
+
+/// What completing a lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The lease was still ours.
+    Completed,
+    /// The lease had been lost (expired, taken over); the unit is marked done
+    /// anyway, which is safe because outputs are deterministic and renamed
+    /// atomically, but it is counted.
+    CompletedAfterLoss,
+}
+
+/// Why a wait for a unit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// The unit is done.
+    Done,
+    /// Nobody holds it any more (released or expired): claim it now.
+    Free,
+    /// The timeout passed with the unit still held; check again.
+    StillHeld,
+}
+
+/// Claims, leases and completion notices for work units.
+#[async_trait]
+pub trait Coordinator: Send + Sync {
+    /// Which kind of coordination this is.
+    fn mode(&self) -> Mode;
+
+    /// How long a claim lives without renewal.
+    fn claim_ttl(&self) -> Duration;
+
+    /// Tries to claim each of `units` of `job` (atomically per unit, all in
+    /// one round trip); one outcome per unit, in order.
+    async fn claim(
+        &self,
+        job: JobId,
+        units: &[Unit],
+        worker_id: &str,
+    ) -> Result<Vec<ClaimOutcome>, CoordError>;
+
+    /// Extends a lease by the claim TTL. `Ok(false)` means the lease is lost:
+    /// the caller must stop producing that unit at once.
+    async fn renew(&self, lease: &Lease) -> Result<bool, CoordError>;
+
+    /// Marks the unit done, drops the claim if it is still ours and announces
+    /// the completion. Called after the output was published.
+    async fn complete(&self, lease: &Lease) -> Result<Completion, CoordError>;
+
+    /// Gives a lease back (failure or shutdown) so another worker can take it
+    /// now. With `failed`, the unit's attempt counter grows; returns it.
+    async fn release(&self, lease: &Lease, failed: bool) -> Result<u32, CoordError>;
+
+    /// Records that a unit is done because its output was found on storage.
+    async fn mark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError>;
+
+    /// Waits until `unit` is done, or free to claim, or `timeout` passes.
+    /// Subscribes before checking, so a completion is never missed.
+    async fn wait_for(
+        &self,
+        job: JobId,
+        unit: &Unit,
+        timeout: Duration,
+    ) -> Result<WaitOutcome, CoordError>;
+
+    /// Forgets a finished or canceled job's claims and counters.
+    async fn forget(&self, job: JobId) -> Result<(), CoordError>;
+}
+
+/// A fresh claim token (UUID v4).
+pub fn new_token() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -1,0 +1,135 @@
+//! Prometheus metrics of a pod (or a CLI run): one registry, names with the
+//! `segswarm_` prefix, `_total` counters and `_seconds` histograms.
+//!
+//! Owns metric definitions only; the code that observes an event updates the
+//! metric. It never decides anything from a metric's value.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric of a pod.
+pub struct Metrics {
+    pub registry: Registry,
+    pub units_completed: IntCounterVec,
+    pub units_failed: IntCounterVec,
+    pub units_skipped: IntCounter,
+    pub unit_encode_seconds: HistogramVec,
+    pub units_in_flight: IntGauge,
+    pub storage_write_seconds: Histogram,
+    pub bytes_written: IntCounter,
+    pub leases_lost: IntCounter,
+    pub completed_after_loss: IntCounter,
+    pub http_requests: IntCounterVec,
+    pub http_request_seconds: HistogramVec,
+    pub jobs: IntGaugeVec,
+    pub ready: Gauge,
+}
+
+fn buckets_seconds() -> Vec<f64> {
+    vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let units_completed = IntCounterVec::new(
+            Opts::new("segswarm_units_completed_total", "Units encoded and published by this pod"),
+            &["kind", "rendition"],
+        )?;
+        let units_failed = IntCounterVec::new(
+            Opts::new("segswarm_units_failed_total", "Failed unit attempts on this pod"),
+            &["kind", "rendition"],
+        )?;
+        let units_skipped = IntCounter::new(
+            "segswarm_units_skipped_total",
+            "Units found already done on storage",
+        )?;
+        let unit_encode_seconds = HistogramVec::new(
+            HistogramOpts::new("segswarm_unit_encode_seconds", "Wall time of one ffmpeg batch")
+                .buckets(buckets_seconds()),
+            &["kind"],
+        )?;
+        let units_in_flight = IntGauge::new(
+            "segswarm_units_in_flight",
+            "Units this pod is encoding right now",
+        )?;
+        let storage_write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "segswarm_storage_write_seconds",
+                "Time to fsync and rename one output into place",
+            )
+            .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+        )?;
+        let bytes_written = IntCounter::new(
+            "segswarm_bytes_written_total",
+            "Bytes of output published to storage",
+        )?;
+        let leases_lost = IntCounter::new(
+            "segswarm_leases_lost_total",
+            "Leases found lost while encoding (ffmpeg killed)",
+        )?;
+        let completed_after_loss = IntCounter::new(
+            "segswarm_completed_after_lease_loss_total",
+            "Units completed after their lease had been lost",
+        )?;
+        let http_requests = IntCounterVec::new(
+            Opts::new("segswarm_http_requests_total", "HTTP requests by route and status"),
+            &["route", "status"],
+        )?;
+        let http_request_seconds = HistogramVec::new(
+            HistogramOpts::new("segswarm_http_request_seconds", "HTTP request latency")
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
+            &["route"],
+        )?;
+        let jobs = IntGaugeVec::new(
+            Opts::new("segswarm_jobs", "Jobs known to this pod by status"),
+            &["status"],
+        )?;
+        let ready = Gauge::new("segswarm_ready", "1 when the pod reports ready")?;
+        for collector in [
+            Box::new(units_completed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(units_failed.clone()),
+            Box::new(units_skipped.clone()),
+            Box::new(unit_encode_seconds.clone()),
+            Box::new(units_in_flight.clone()),
+            Box::new(storage_write_seconds.clone()),
+            Box::new(bytes_written.clone()),
+            Box::new(leases_lost.clone()),
+            Box::new(completed_after_loss.clone()),
+            Box::new(http_requests.clone()),
+            Box::new(http_request_seconds.clone()),
+            Box::new(jobs.clone()),
+            Box::new(ready.clone()),
+        ] {
+            registry.register(collector)?;
+        }
+        Ok(Metrics {
+            registry,
+            units_completed,
+            units_failed,
+            units_skipped,
+            unit_encode_seconds,
+            units_in_flight,
+            storage_write_seconds,
+            bytes_written,
+            leases_lost,
+            completed_after_loss,
+            http_requests,
+            http_request_seconds,
+            jobs,
+            ready,
+        })
+    }
+
+    /// The text exposition format for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buffer).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

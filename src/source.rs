@@ -1,0 +1,159 @@
+//! What a job reads from: a local file or an http(s) URL.
+//!
+//! Owns the checks that happen before ffmpeg ever sees a source (scheme,
+//! existence, allowed roots) and the protocol whitelist ffmpeg gets for it, so
+//! that a hostile source cannot make ffmpeg read local files or other
+//! protocols. It never opens or writes the source itself.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Errors about a source that make it unusable before probing.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source {0}: no such file")]
+    Missing(PathBuf),
+    #[error("source {0}: not a regular file")]
+    NotAFile(PathBuf),
+    #[error("source {path}: cannot read it: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("source {0:?}: unsupported URL scheme (only http and https URLs or local paths are accepted)")]
+    UnsupportedScheme(String),
+    #[error("source {0}: outside the allowed source roots")]
+    OutsideRoots(PathBuf),
+    #[error("source is empty")]
+    Empty,
+}
+
+/// A validated source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "location", rename_all = "lowercase")]
+pub enum Source {
+    /// A local file, canonicalized.
+    File(PathBuf),
+    /// An http or https URL read by ffmpeg directly.
+    Url(String),
+}
+
+impl Source {
+    /// Parses and checks what a user gave: a path or a URL. `roots` limits
+    /// local files to those folders (empty = any local file).
+    pub fn parse(text: &str, roots: &[PathBuf]) -> Result<Source, SourceError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(SourceError::Empty);
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            let scheme = scheme.to_ascii_lowercase();
+            return if scheme == "http" || scheme == "https" {
+                Ok(Source::Url(text.to_string()))
+            } else {
+                Err(SourceError::UnsupportedScheme(text.to_string()))
+            };
+        }
+        // ffmpeg reads `proto:rest` as a protocol; refuse anything that looks
+        // like one rather than guess (a file named `concat:x` is still
+        // reachable as `./concat:x`).
+        if let Some((prefix, _)) = text.split_once(':') {
+            if !prefix.is_empty()
+                && !prefix.contains('/')
+                && prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '+')
+            {
+                return Err(SourceError::UnsupportedScheme(text.to_string()));
+            }
+        }
+        let path = Path::new(text);
+        let canonical = match path.canonicalize() {
+            Ok(canonical) => canonical,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SourceError::Missing(path.to_path_buf()))
+            }
+            Err(err) => {
+                return Err(SourceError::Unreadable {
+                    path: path.to_path_buf(),
+                    source: err,
+                })
+            }
+        };
+        let meta = std::fs::metadata(&canonical).map_err(|source| SourceError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(SourceError::NotAFile(path.to_path_buf()));
+        }
+        if !roots.is_empty() {
+            let inside = roots.iter().any(|root| {
+                root.canonicalize()
+                    .map(|root| canonical.starts_with(root))
+                    .unwrap_or(false)
+            });
+            if !inside {
+                return Err(SourceError::OutsideRoots(path.to_path_buf()));
+            }
+        }
+        Ok(Source::File(canonical))
+    }
+
+    /// What to pass to ffmpeg's `-i`.
+    pub fn ffmpeg_input(&self) -> String {
+        match self {
+            // `file:` keeps a path that contains a colon from being read as
+            // a protocol.
+            Source::File(path) => format!("file:{}", path.display()),
+            Source::Url(url) => url.clone(),
+        }
+    }
+
+    /// The protocols ffmpeg may use while reading this source.
+    pub fn protocol_whitelist(&self) -> &'static str {
+        match self {
+            Source::File(_) => "file",
+            Source::Url(_) => "http,https,tcp,tls",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "{}", path.display()),
+            Source::Url(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_other_schemes() {
+        for text in ["ftp://x/y.mp4", "file:///etc/passwd", "concat:a|b", "rtmp://x"] {
+            assert!(
+                matches!(Source::parse(text, &[]), Err(SourceError::UnsupportedScheme(_))),
+                "{text}"
+            );
+        }
+        assert!(matches!(
+            Source::parse("https://example.com/a.mp4", &[]),
+            Ok(Source::Url(_))
+        ));
+    }
+
+    #[test]
+    fn missing_and_outside_roots() {
+        assert!(matches!(
+            Source::parse("/definitely/not/here.mp4", &[]),
+            Err(SourceError::Missing(_))
+        ));
+        assert!(matches!(
+            Source::parse("/etc/hostname", &[PathBuf::from("/tmp")]),
+            Err(SourceError::OutsideRoots(_)) | Err(SourceError::Missing(_))
+        ));
+    }
+}

@@ -1,0 +1,977 @@
+//! The worker: slots that claim units and run them through the pipeline.
+//!
+//! Owns the order of work (audio and thumbnail first, then segment by
+//! segment with every free rendition of a segment in one batch, across jobs
+//! by priority then age), lease renewal while ffmpeg makes progress, retries
+//! with backoff, publishing outputs and deciding when a job has ended. It is
+//! the same for `segswarm transcode` and for a pod; the coordinator behind it
+//! decides whether other pods share the work. It never parses requests or
+//! prints anything for a user.
+
+use crate::coord::{ClaimOutcome, Completion, Coordinator, Lease};
+use crate::encode::{Batch, EncodeError, VideoOutput};
+use crate::ffmpeg::RunControl;
+use crate::hls::{self, Availability, Listing, Packager};
+use crate::metrics::Metrics;
+use crate::plan::{Plan, Unit};
+use crate::storage::{self, JobLayout, StorageError};
+use crate::JobId;
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait between retries of a failed unit.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Name of this worker in claims (hostname or pod name).
+    pub worker_id: String,
+    /// Batches run at the same time.
+    pub slots: usize,
+    /// An ffmpeg that prints no progress for this long is killed.
+    pub stall_timeout: Duration,
+    /// Attempts per unit before it fails for good.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubles with each further attempt.
+    pub retry_backoff: Duration,
+    /// How soon a unit held by another worker is looked at again.
+    pub held_recheck: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            worker_id: "local".into(),
+            slots: default_slots(),
+            stall_timeout: Duration::from_secs(60),
+            max_attempts: 3,
+            retry_backoff: Duration::from_secs(1),
+            held_recheck: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One slot per core: each batch runs x264 with one or two threads, so this
+/// keeps every core busy without oversubscribing much.
+pub fn default_slots() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum JobOutcome {
+    Done,
+    /// Some renditions failed; a complete lower one plays.
+    Partial { reason: String },
+    Failed { reason: String },
+    Canceled,
+}
+
+/// What the worker tells whoever listens (the CLI's progress bar, the pod's
+/// job events).
+#[derive(Debug, Clone)]
+pub enum WorkerEvent {
+    UnitDone {
+        job: JobId,
+        unit: Unit,
+    },
+    UnitFailed {
+        job: JobId,
+        unit: Unit,
+        error: String,
+        attempts: u32,
+        permanent: bool,
+    },
+    ThumbnailReady {
+        job: JobId,
+    },
+    Playable {
+        job: JobId,
+    },
+    Finished {
+        job: JobId,
+        outcome: JobOutcome,
+    },
+}
+
+/// Errors of the worker's own bookkeeping (not of a unit).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("job {0} is already running")]
+    AlreadyRunning(JobId),
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+    #[error("preparing job {job}: {source}")]
+    Storage { job: JobId, source: StorageError },
+}
+
+/// Options of one job run.
+#[derive(Debug, Clone, Copy)]
+pub struct JobOptions {
+    /// Higher runs first.
+    pub priority: i32,
+    pub listing: Listing,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        JobOptions {
+            priority: 0,
+            listing: Listing::Progressive,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum UnitState {
+    Pending { not_before: Instant },
+    /// Reserved by a slot of this worker (claiming or encoding).
+    Running,
+    Done,
+    Failed(String),
+}
+
+struct RunState {
+    units: HashMap<Unit, UnitState>,
+    /// Units in the order work should be done.
+    order: Vec<Unit>,
+    /// Index in `order` before which every unit is done or failed.
+    cursor: usize,
+    done: usize,
+    /// Per rendition: segments from 0 done without a hole.
+    contiguous: HashMap<String, usize>,
+    failed_renditions: BTreeSet<String>,
+    failures: Vec<String>,
+    finished: bool,
+}
+
+/// A job the worker is running: its plan, its folder and its progress.
+pub struct JobRun {
+    pub plan: Arc<Plan>,
+    pub layout: JobLayout,
+    options: JobOptions,
+    sequence: u64,
+    skipped: usize,
+    cancel: CancellationToken,
+    packager: Packager,
+    /// Serialises playlist updates so a later snapshot never loses to an
+    /// earlier one.
+    publishing: tokio::sync::Mutex<bool>,
+    state: Mutex<RunState>,
+    outcome: watch::Sender<Option<JobOutcome>>,
+}
+
+impl JobRun {
+    pub fn id(&self) -> JobId {
+        self.plan.job_id
+    }
+
+    /// Units found already done on storage when the job was added.
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    /// (done, total) units.
+    pub fn progress(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.done, state.order.len())
+    }
+
+    /// Per rendition: (done, total) segments.
+    pub fn rendition_progress(&self) -> Vec<(String, usize, usize)> {
+        let state = self.lock();
+        self.plan
+            .renditions
+            .iter()
+            .map(|r| {
+                let done = (0..self.plan.segments.len())
+                    .filter(|&index| {
+                        let unit = Unit::Video {
+                            rendition: r.name.clone(),
+                            index,
+                        };
+                        state.units.get(&unit) == Some(&UnitState::Done)
+                    })
+                    .count();
+                (r.name.clone(), done, self.plan.segments.len())
+            })
+            .collect()
+    }
+
+    /// Waits for the job to end.
+    pub async fn wait(&self) -> JobOutcome {
+        let mut outcome = self.outcome.subscribe();
+        loop {
+            if let Some(outcome) = outcome.borrow_and_update().clone() {
+                return outcome;
+            }
+            if outcome.changed().await.is_err() {
+                return JobOutcome::Canceled;
+            }
+        }
+    }
+
+    pub fn outcome(&self) -> Option<JobOutcome> {
+        self.outcome.borrow().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RunState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn availability(&self) -> Availability {
+        let state = self.lock();
+        let audio_done = self.plan.audio.iter().all(|a| {
+            state.units.get(&Unit::Audio { track: a.track }) == Some(&UnitState::Done)
+        });
+        Availability {
+            contiguous: state.contiguous.clone(),
+            failed: state.failed_renditions.iter().cloned().collect(),
+            audio_done,
+        }
+    }
+}
+
+struct Shared {
+    settings: WorkerSettings,
+    coord: Arc<dyn Coordinator>,
+    metrics: Arc<Metrics>,
+    jobs: Mutex<Vec<Arc<JobRun>>>,
+    wake: Notify,
+    shutdown: CancellationToken,
+    events: broadcast::Sender<WorkerEvent>,
+    sequence: AtomicU64,
+}
+
+/// Slots that claim and run units of the jobs added to it.
+pub struct Worker {
+    shared: Arc<Shared>,
+    slots: tokio::sync::Mutex<JoinSet<()>>,
+}
+
+/// A batch a slot has claimed.
+struct Claimed {
+    job: Arc<JobRun>,
+    leases: Vec<Lease>,
+}
+
+impl Worker {
+    /// Creates the worker and starts its slots.
+    pub fn start(
+        settings: WorkerSettings,
+        coord: Arc<dyn Coordinator>,
+        metrics: Arc<Metrics>,
+    ) -> Worker {
+        let (events, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            settings,
+            coord,
+            metrics,
+            jobs: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            shutdown: CancellationToken::new(),
+            events,
+            sequence: AtomicU64::new(0),
+        });
+        let mut slots = JoinSet::new();
+        for _ in 0..shared.settings.slots.max(1) {
+            let shared = shared.clone();
+            slots.spawn(async move { shared.slot_loop().await });
+        }
+        Worker {
+            shared,
+            slots: tokio::sync::Mutex::new(slots),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<WorkerEvent> {
+        self.shared.events.subscribe()
+    }
+
+    pub fn settings(&self) -> &WorkerSettings {
+        &self.shared.settings
+    }
+
+    /// Adds a job: units whose outputs exist on storage count as done
+    /// (resume), the rest are queued.
+    pub async fn add_job(
+        &self,
+        plan: Arc<Plan>,
+        layout: JobLayout,
+        options: JobOptions,
+    ) -> Result<Arc<JobRun>, WorkerError> {
+        let shared = &self.shared;
+        if shared.shutdown.is_cancelled() {
+            return Err(WorkerError::ShuttingDown);
+        }
+        let id = plan.job_id;
+        if shared.lock_jobs().iter().any(|job| job.id() == id) {
+            return Err(WorkerError::AlreadyRunning(id));
+        }
+        layout
+            .create_dirs(&plan)
+            .map_err(|source| WorkerError::Storage { job: id, source })?;
+        let order = plan.units();
+        let now = Instant::now();
+        let mut units = HashMap::new();
+        let mut skipped = 0;
+        for unit in &order {
+            let state = if layout.is_done(unit) {
+                skipped += 1;
+                UnitState::Done
+            } else {
+                UnitState::Pending { not_before: now }
+            };
+            units.insert(unit.clone(), state);
+        }
+        let mut state = RunState {
+            units,
+            order,
+            cursor: 0,
+            done: skipped,
+            contiguous: HashMap::new(),
+            failed_renditions: BTreeSet::new(),
+            failures: Vec::new(),
+            finished: false,
+        };
+        for rendition in &plan.renditions {
+            advance_contiguous(&mut state, &rendition.name);
+        }
+        let (outcome, _) = watch::channel(None);
+        let job = Arc::new(JobRun {
+            packager: Packager::new(plan.clone(), layout.clone(), options.listing),
+            plan,
+            layout,
+            options,
+            sequence: shared.sequence.fetch_add(1, Ordering::Relaxed),
+            skipped,
+            cancel: shared.shutdown.child_token(),
+            publishing: tokio::sync::Mutex::new(false),
+            state: Mutex::new(state),
+            outcome,
+        });
+        shared.metrics.units_skipped.inc_by(skipped as u64);
+        for unit in job.lock().units.iter().filter(|(_, s)| **s == UnitState::Done) {
+            if let Err(err) = shared.coord.mark_done(id, unit.0).await {
+                tracing::warn!(job = %id, unit = %unit.0, "recording a unit found on storage: {err}");
+            }
+        }
+        {
+            let mut jobs = shared.lock_jobs();
+            jobs.push(job.clone());
+            jobs.sort_by_key(|job| (std::cmp::Reverse(job.options.priority), job.sequence));
+        }
+        shared.publish_playlists(&job).await;
+        shared.maybe_finish(&job).await;
+        shared.wake.notify_waiters();
+        Ok(job)
+    }
+
+    /// The running job with this id, if any.
+    pub fn job(&self, id: JobId) -> Option<Arc<JobRun>> {
+        self.shared.lock_jobs().iter().find(|j| j.id() == id).cloned()
+    }
+
+    /// Cancels a job: its ffmpeg processes are killed, its leases given
+    /// back, no new units start. Returns false when the job is not running.
+    pub async fn cancel_job(&self, id: JobId) -> bool {
+        let Some(job) = self.job(id) else {
+            return false;
+        };
+        job.cancel.cancel();
+        self.shared.finish(&job, JobOutcome::Canceled).await;
+        true
+    }
+
+    /// Stops claiming, kills every ffmpeg, gives held leases back and waits
+    /// for the slots to end.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.shared.wake.notify_waiters();
+        let mut slots = self.slots.lock().await;
+        while slots.join_next().await.is_some() {}
+    }
+}
+
+impl Shared {
+    fn lock_jobs(&self) -> std::sync::MutexGuard<'_, Vec<Arc<JobRun>>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn slot_loop(self: Arc<Self>) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            match self.next_claimed().await {
+                Some(claimed) => self.run_claimed(claimed).await,
+                None => {
+                    let idle = Duration::from_millis(250);
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(idle) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Finds the next ready units, reserves them locally, then claims them.
+    async fn next_claimed(&self) -> Option<Claimed> {
+        let jobs: Vec<Arc<JobRun>> = self.lock_jobs().clone();
+        for job in jobs {
+            if job.cancel.is_cancelled() {
+                continue;
+            }
+            loop {
+                let Some(units) = reserve_next(&job) else {
+                    break;
+                };
+                if let Some(claimed) = self.claim(&job, units).await {
+                    return Some(claimed);
+                }
+            }
+        }
+        None
+    }
+
+    /// Claims reserved units; those not won go back to their state.
+    async fn claim(&self, job: &Arc<JobRun>, units: Vec<Unit>) -> Option<Claimed> {
+        let id = job.id();
+        // Storage is the truth: a unit whose output appeared (another pod,
+        // an earlier run) is done without a claim.
+        let mut to_claim = Vec::new();
+        for unit in units {
+            if job.layout.is_done(&unit) {
+                let _ = self.coord.mark_done(id, &unit).await;
+                self.unit_done(job, &unit).await;
+            } else {
+                to_claim.push(unit);
+            }
+        }
+        if to_claim.is_empty() {
+            return None;
+        }
+        let outcomes = match self.coord.claim(id, &to_claim, &self.settings.worker_id).await {
+            Ok(outcomes) => outcomes,
+            Err(err) => {
+                tracing::warn!(job = %id, "claiming units: {err}");
+                let retry = Instant::now() + Duration::from_secs(1);
+                let mut state = job.lock();
+                for unit in &to_claim {
+                    state.units.insert(unit.clone(), UnitState::Pending { not_before: retry });
+                }
+                return None;
+            }
+        };
+        let mut leases = Vec::new();
+        for (unit, outcome) in to_claim.iter().zip(outcomes) {
+            match outcome {
+                ClaimOutcome::Won { lease, .. } => leases.push(lease),
+                ClaimOutcome::Held { .. } => {
+                    let recheck = Instant::now() + self.settings.held_recheck;
+                    job.lock()
+                        .units
+                        .insert(unit.clone(), UnitState::Pending { not_before: recheck });
+                }
+                ClaimOutcome::Done => {
+                    if job.layout.is_done(unit) {
+                        self.unit_done(job, unit).await;
+                    } else {
+                        // Marked done but its file is missing: storage wins,
+                        // the unit is made again once the claim is free.
+                        let recheck = Instant::now() + self.settings.held_recheck;
+                        job.lock()
+                            .units
+                            .insert(unit.clone(), UnitState::Pending { not_before: recheck });
+                    }
+                }
+            }
+        }
+        if leases.is_empty() {
+            None
+        } else {
+            Some(Claimed {
+                job: job.clone(),
+                leases,
+            })
+        }
+    }
+
+    /// Encodes a claimed batch while renewing its leases, then publishes.
+    async fn run_claimed(&self, claimed: Claimed) {
+        let Claimed { job, leases } = claimed;
+        let plan = job.plan.clone();
+        let batch = match build_batch(&job, &leases) {
+            Ok(batch) => batch,
+            Err(err) => {
+                self.fail_leases(&job, &leases, &err.to_string()).await;
+                return;
+            }
+        };
+        let run_cancel = job.cancel.child_token();
+        let (progress_tx, progress_rx) = watch::channel(Instant::now());
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renewer = tokio::spawn(renew_leases(
+            self.coord.clone(),
+            self.metrics.clone(),
+            leases.clone(),
+            progress_rx,
+            self.settings.stall_timeout,
+            run_cancel.clone(),
+            lost.clone(),
+        ));
+        let kind = leases[0].unit.kind();
+        self.metrics.units_in_flight.add(leases.len() as i64);
+        let started = Instant::now();
+        let result = batch
+            .run(
+                &plan,
+                RunControl {
+                    cancel: run_cancel.clone(),
+                    stall_timeout: self.settings.stall_timeout,
+                    progress: Some(progress_tx),
+                },
+            )
+            .await;
+        renewer.abort();
+        self.metrics.units_in_flight.sub(leases.len() as i64);
+        self.metrics
+            .unit_encode_seconds
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => self.publish(&job, &batch, &leases).await,
+            Err(err) => {
+                remove_outputs(&batch);
+                if lost.load(Ordering::Relaxed) || err.is_canceled() {
+                    // Not the unit's fault: give the leases back so others
+                    // (or this pod later) take them now, not after the TTL.
+                    for lease in &leases {
+                        if let Err(e) = self.coord.release(lease, false).await {
+                            tracing::warn!(unit = %lease.unit, "releasing lease: {e}");
+                        }
+                        let mut state = job.lock();
+                        if state.units.get(&lease.unit) == Some(&UnitState::Running) {
+                            state.units.insert(
+                                lease.unit.clone(),
+                                UnitState::Pending {
+                                    not_before: Instant::now() + self.settings.held_recheck,
+                                },
+                            );
+                        }
+                    }
+                    self.wake.notify_waiters();
+                } else {
+                    self.fail_leases(&job, &leases, &error_text(&err)).await;
+                }
+            }
+        }
+    }
+
+    /// Moves verified outputs into place and completes their leases.
+    async fn publish(&self, job: &Arc<JobRun>, batch: &Batch, leases: &[Lease]) {
+        match batch {
+            Batch::Video { segment, outputs } => {
+                for (output, lease) in outputs.iter().zip(leases) {
+                    let target = job.layout.segment(&output.rendition.name, segment.index);
+                    match self.publish_file(&output.tmp_path, &target) {
+                        Ok(()) => self.complete(job, lease).await,
+                        Err(err) => {
+                            let _ = std::fs::remove_file(&output.tmp_path);
+                            self.fail_leases(job, std::slice::from_ref(lease), &err.to_string())
+                                .await
+                        }
+                    }
+                }
+            }
+            Batch::Thumbnail { tmp_path } => {
+                match self.publish_file(tmp_path, &job.layout.thumbnail()) {
+                    Ok(()) => self.complete(job, &leases[0]).await,
+                    Err(err) => self.fail_leases(job, leases, &err.to_string()).await,
+                }
+            }
+            Batch::Audio { track, tmp_dir } => {
+                let result = self.publish_audio(job, *track, tmp_dir);
+                let _ = std::fs::remove_dir_all(tmp_dir);
+                match result {
+                    Ok(()) => self.complete(job, &leases[0]).await,
+                    Err(err) => self.fail_leases(job, leases, &err).await,
+                }
+            }
+        }
+    }
+
+    fn publish_file(&self, from: &std::path::Path, to: &std::path::Path) -> Result<(), StorageError> {
+        let bytes = std::fs::metadata(from).map(|m| m.len()).unwrap_or(0);
+        let seconds = storage::publish(from, to)?;
+        self.metrics.storage_write_seconds.observe(seconds);
+        self.metrics.bytes_written.inc_by(bytes);
+        Ok(())
+    }
+
+    /// Publishes an audio rendition: every segment, then its playlist (the
+    /// playlist's existence marks the unit done).
+    fn publish_audio(&self, job: &JobRun, track: usize, tmp_dir: &std::path::Path) -> Result<(), String> {
+        let playlist = hls::read_media_playlist(&tmp_dir.join("index.m3u8")).map_err(|e| e.to_string())?;
+        let dir = job.layout.audio_dir(track);
+        for segment in &playlist.segments {
+            let name = hls::file_name(&segment.uri);
+            self.publish_file(&tmp_dir.join(&name), &dir.join(&name))
+                .map_err(|e| e.to_string())?;
+        }
+        job.layout
+            .write_atomic(&job.layout.audio_playlist(track), &hls::audio_playlist(&playlist))
+            .map_err(|e| e.to_string())
+    }
+
+    async fn complete(&self, job: &Arc<JobRun>, lease: &Lease) {
+        match self.coord.complete(lease).await {
+            Ok(Completion::Completed) => {}
+            Ok(Completion::CompletedAfterLoss) => self.metrics.completed_after_loss.inc(),
+            Err(err) => tracing::warn!(unit = %lease.unit, "completing lease: {err}"),
+        }
+        let rendition = match &lease.unit {
+            Unit::Video { rendition, .. } => rendition.as_str(),
+            _ => "",
+        };
+        self.metrics
+            .units_completed
+            .with_label_values(&[lease.unit.kind(), rendition])
+            .inc();
+        self.unit_done(job, &lease.unit).await;
+    }
+
+    /// Records a failed attempt for each lease: retry later with backoff, or
+    /// fail the unit for good after `max_attempts`.
+    async fn fail_leases(&self, job: &Arc<JobRun>, leases: &[Lease], error: &str) {
+        for lease in leases {
+            let attempts = match self.coord.release(lease, true).await {
+                Ok(attempts) => attempts,
+                Err(err) => {
+                    tracing::warn!(unit = %lease.unit, "releasing failed lease: {err}");
+                    self.settings.max_attempts
+                }
+            };
+            let rendition = match &lease.unit {
+                Unit::Video { rendition, .. } => rendition.as_str(),
+                _ => "",
+            };
+            self.metrics
+                .units_failed
+                .with_label_values(&[lease.unit.kind(), rendition])
+                .inc();
+            let permanent = attempts >= self.settings.max_attempts;
+            tracing::warn!(job = %job.id(), unit = %lease.unit, attempts, permanent, "unit failed: {error}");
+            {
+                let mut state = job.lock();
+                if permanent {
+                    mark_failed(&mut state, &lease.unit, error);
+                } else {
+                    let backoff = self
+                        .settings
+                        .retry_backoff
+                        .saturating_mul(1 << (attempts.saturating_sub(1)).min(16))
+                        .min(MAX_BACKOFF);
+                    state.units.insert(
+                        lease.unit.clone(),
+                        UnitState::Pending {
+                            not_before: Instant::now() + backoff,
+                        },
+                    );
+                }
+            }
+            let _ = self.events.send(WorkerEvent::UnitFailed {
+                job: job.id(),
+                unit: lease.unit.clone(),
+                error: error.to_string(),
+                attempts,
+                permanent,
+            });
+        }
+        self.maybe_finish(job).await;
+        self.wake.notify_waiters();
+    }
+
+    async fn unit_done(&self, job: &Arc<JobRun>, unit: &Unit) {
+        {
+            let mut state = job.lock();
+            if state.units.get(unit) == Some(&UnitState::Done) {
+                return;
+            }
+            state.units.insert(unit.clone(), UnitState::Done);
+            state.done += 1;
+            if let Unit::Video { rendition, .. } = unit {
+                advance_contiguous(&mut state, rendition);
+            }
+        }
+        let _ = self.events.send(WorkerEvent::UnitDone {
+            job: job.id(),
+            unit: unit.clone(),
+        });
+        if *unit == Unit::Thumbnail {
+            let _ = self.events.send(WorkerEvent::ThumbnailReady { job: job.id() });
+        }
+        self.publish_playlists(job).await;
+        self.maybe_finish(job).await;
+    }
+
+    /// Rewrites the job's playlists from the current availability; sends
+    /// `Playable` the first time the master playlist plays.
+    async fn publish_playlists(&self, job: &Arc<JobRun>) {
+        let mut playable = job.publishing.lock().await;
+        let availability = job.availability();
+        let complete = job.lock().finished;
+        match job.packager.update(&availability, complete).await {
+            Ok(true) if !*playable => {
+                *playable = true;
+                let _ = self.events.send(WorkerEvent::Playable { job: job.id() });
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(job = %job.id(), "writing playlists: {err}"),
+        }
+    }
+
+    /// Ends the job when every unit is done or failed.
+    async fn maybe_finish(&self, job: &Arc<JobRun>) {
+        let outcome = {
+            let state = job.lock();
+            if state.finished
+                || state
+                    .units
+                    .values()
+                    .any(|s| !matches!(s, UnitState::Done | UnitState::Failed(_)))
+            {
+                return;
+            }
+            outcome_of(&job.plan, &state)
+        };
+        self.finish(job, outcome).await;
+    }
+
+    async fn finish(&self, job: &Arc<JobRun>, outcome: JobOutcome) {
+        {
+            let mut state = job.lock();
+            if state.finished {
+                return;
+            }
+            state.finished = true;
+        }
+        if outcome != JobOutcome::Canceled {
+            self.publish_playlists(job).await;
+        }
+        self.lock_jobs().retain(|j| j.id() != job.id());
+        if let Err(err) = self.coord.forget(job.id()).await {
+            tracing::warn!(job = %job.id(), "forgetting job state: {err}");
+        }
+        let _ = job.outcome.send(Some(outcome.clone()));
+        let _ = self.events.send(WorkerEvent::Finished {
+            job: job.id(),
+            outcome,
+        });
+    }
+}
+
+/// Reserves the next ready unit of `job` (and, for a video segment, every
+/// other ready rendition of the same segment) for this worker.
+fn reserve_next(job: &JobRun) -> Option<Vec<Unit>> {
+    let now = Instant::now();
+    let mut state = job.lock();
+    // Move the cursor past the finished prefix so scans stay short.
+    while state.cursor < state.order.len()
+        && matches!(
+            state.units.get(&state.order[state.cursor]),
+            Some(UnitState::Done | UnitState::Failed(_))
+        )
+    {
+        state.cursor += 1;
+    }
+    let ready = |state: &RunState, unit: &Unit| {
+        matches!(state.units.get(unit), Some(UnitState::Pending { not_before }) if *not_before <= now)
+    };
+    let first = state.order[state.cursor..]
+        .iter()
+        .find(|unit| ready(&state, unit))?
+        .clone();
+    let units = match &first {
+        Unit::Video { index, .. } => job
+            .plan
+            .renditions
+            .iter()
+            .map(|r| Unit::Video {
+                rendition: r.name.clone(),
+                index: *index,
+            })
+            .filter(|unit| ready(&state, unit))
+            .collect(),
+        _ => vec![first],
+    };
+    for unit in &units {
+        state.units.insert(unit.clone(), UnitState::Running);
+    }
+    Some(units)
+}
+
+fn advance_contiguous(state: &mut RunState, rendition: &str) {
+    let mut count = state.contiguous.get(rendition).copied().unwrap_or(0);
+    loop {
+        let unit = Unit::Video {
+            rendition: rendition.to_string(),
+            index: count,
+        };
+        if state.units.get(&unit) != Some(&UnitState::Done) {
+            break;
+        }
+        count += 1;
+    }
+    state.contiguous.insert(rendition.to_string(), count);
+}
+
+/// Marks a unit failed for good; a failed video unit fails its rendition,
+/// so the rest of that rendition is not attempted.
+fn mark_failed(state: &mut RunState, unit: &Unit, error: &str) {
+    state.units.insert(unit.clone(), UnitState::Failed(error.to_string()));
+    state.failures.push(format!("{unit}: {error}"));
+    if let Unit::Video { rendition, .. } = unit {
+        state.failed_renditions.insert(rendition.clone());
+        let reason = format!("rendition {rendition} failed");
+        for (other, status) in state.units.iter_mut() {
+            if matches!(other, Unit::Video { rendition: r, .. } if r == rendition)
+                && matches!(status, UnitState::Pending { .. })
+            {
+                *status = UnitState::Failed(reason.clone());
+            }
+        }
+    }
+}
+
+/// The outcome of a job whose units are all done or failed.
+fn outcome_of(plan: &Plan, state: &RunState) -> JobOutcome {
+    if state.failures.is_empty() {
+        return JobOutcome::Done;
+    }
+    let reason = state.failures.join("; ");
+    let audio_failed = plan.audio.iter().any(|a| {
+        matches!(state.units.get(&Unit::Audio { track: a.track }), Some(UnitState::Failed(_)))
+    });
+    let complete_rendition = plan
+        .renditions
+        .iter()
+        .any(|r| !state.failed_renditions.contains(&r.name));
+    if audio_failed || !complete_rendition {
+        JobOutcome::Failed { reason }
+    } else {
+        JobOutcome::Partial { reason }
+    }
+}
+
+/// The batch for a set of leases, with in-progress paths named per token.
+fn build_batch(job: &JobRun, leases: &[Lease]) -> Result<Batch, StorageError> {
+    let layout = &job.layout;
+    let tmp_dir = layout.tmp_dir();
+    std::fs::create_dir_all(&tmp_dir).map_err(|e| StorageError::new("creating", &tmp_dir, e))?;
+    match &leases[0].unit {
+        Unit::Audio { track } => {
+            let dir = layout.tmp_path(&leases[0].token, &format!("audio-{track}"));
+            std::fs::create_dir_all(&dir).map_err(|e| StorageError::new("creating", &dir, e))?;
+            Ok(Batch::Audio {
+                track: *track,
+                tmp_dir: dir,
+            })
+        }
+        Unit::Thumbnail => Ok(Batch::Thumbnail {
+            tmp_path: layout.tmp_path(&leases[0].token, "thumbnail.webp"),
+        }),
+        Unit::Video { index, .. } => {
+            let segment = job.plan.segments[*index].clone();
+            let outputs = leases
+                .iter()
+                .filter_map(|lease| match &lease.unit {
+                    Unit::Video { rendition, index } => Some(VideoOutput {
+                        rendition: job.plan.rendition(rendition)?.clone(),
+                        tmp_path: layout.tmp_path(
+                            &lease.token,
+                            &format!("{rendition}-{}", storage::segment_name(*index)),
+                        ),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            Ok(Batch::Video { segment, outputs })
+        }
+    }
+}
+
+/// Removes a failed batch's in-progress files.
+fn remove_outputs(batch: &Batch) {
+    match batch {
+        Batch::Video { outputs, .. } => {
+            for output in outputs {
+                let _ = std::fs::remove_file(&output.tmp_path);
+            }
+        }
+        Batch::Audio { tmp_dir, .. } => {
+            let _ = std::fs::remove_dir_all(tmp_dir);
+        }
+        Batch::Thumbnail { tmp_path } => {
+            let _ = std::fs::remove_file(tmp_path);
+        }
+    }
+}
+
+fn error_text(err: &EncodeError) -> String {
+    err.to_string()
+}
+
+/// Renews every lease each TTL/3 while ffmpeg makes progress. A lease found
+/// lost cancels the run at once.
+async fn renew_leases(
+    coord: Arc<dyn Coordinator>,
+    metrics: Arc<Metrics>,
+    leases: Vec<Lease>,
+    progress: watch::Receiver<Instant>,
+    stall_timeout: Duration,
+    run: CancellationToken,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let period = (coord.claim_ttl() / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            _ = run.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        // A stalled encoder does not keep its lease alive; the runner kills
+        // it, and if it cannot, the lease expires and others take over.
+        if progress.borrow().elapsed() > stall_timeout {
+            continue;
+        }
+        for lease in &leases {
+            match coord.renew(lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(unit = %lease.unit, "lease lost; stopping its encode");
+                    metrics.leases_lost.inc();
+                    lost.store(true, Ordering::Relaxed);
+                    run.cancel();
+                    return;
+                }
+                Err(err) => tracing::warn!(unit = %lease.unit, "renewing lease: {err}"),
+            }
+        }
+    }
+}
