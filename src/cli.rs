@@ -88,14 +88,19 @@ async fn transcode(args: TranscodeArgs) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_dir_all(layout.tmp_dir());
 
     let worker_settings = WorkerSettings {
-        slots: args.concurrency.unwrap_or_else(segswarm::worker::default_slots).max(1),
+        slots: args
+            .concurrency
+            .unwrap_or_else(segswarm::worker::default_slots)
+            .max(1),
         ..WorkerSettings::default()
     };
     let coord: Arc<dyn Coordinator> = Arc::new(LocalCoordinator::new(Duration::from_secs(30)));
     let metrics = Arc::new(Metrics::new()?);
     let worker = Worker::start(worker_settings, coord, metrics);
     let mut events = worker.subscribe();
-    let job = worker.add_job(plan.clone(), layout.clone(), JobOptions::default()).await?;
+    let job = worker
+        .add_job(plan.clone(), layout.clone(), JobOptions::default())
+        .await?;
     let (done, total) = job.progress();
     if prepared.resumed {
         println!(
@@ -164,9 +169,9 @@ fn progress_bar(total: u64, hidden: bool) -> ProgressBar {
     if hidden {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} units ({eta})")
-    {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} units ({eta})",
+    ) {
         bar.set_style(style);
     }
     bar

@@ -1,8 +1,10 @@
-//! Encoding settings and the rendition ladder: the knobs a user turns.
+//! The knobs a user turns: encoding settings, the rendition ladder and the
+//! pod's configuration.
 //!
 //! Owns parsing and validation of `--ladder`, `--segment-duration` and
-//! `--preset`. It knows nothing about sources; filtering the ladder to a
-//! source is the planner's job.
+//! `--preset`, and the plain [`PodConfig`] the binary fills from flags and
+//! environment variables. It knows nothing about sources; filtering the
+//! ladder to a source is the planner's job.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -38,7 +40,9 @@ pub const PRESETS: &[&str] = &[
 /// Errors in user-supplied settings.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
-    #[error("invalid rung {0:?}: expected <height>p or <height>p:<bitrate> (e.g. 360p or 360p:900k)")]
+    #[error(
+        "invalid rung {0:?}: expected <height>p or <height>p:<bitrate> (e.g. 360p or 360p:900k)"
+    )]
     BadRung(String),
     #[error("rung height {0} is out of range (64..=4320)")]
     RungHeight(u32),
@@ -228,6 +232,39 @@ impl Default for EncodeSettings {
     }
 }
 
+/// Everything a pod (`segswarm serve`) is configured with. Filled by the
+/// binary from flags and `SEGSWARM_*` environment variables; documented in
+/// `docs/configuration.md`.
+#[derive(Debug, Clone)]
+pub struct PodConfig {
+    pub listen: std::net::SocketAddr,
+    pub storage_dir: std::path::PathBuf,
+    pub worker_id: String,
+    pub slots: usize,
+    pub claim_ttl: std::time::Duration,
+    pub max_attempts: u32,
+    pub retry_backoff: std::time::Duration,
+    pub stall_timeout: std::time::Duration,
+    pub shutdown_grace: std::time::Duration,
+    /// Bearer token required on `/v1/*` when set.
+    pub api_token: Option<String>,
+    /// HMAC-SHA256 key for webhook signatures when set.
+    pub webhook_secret: Option<String>,
+    /// Local sources must lie under one of these (none = local paths refused).
+    pub source_roots: Vec<std::path::PathBuf>,
+    pub watch_dir: Option<std::path::PathBuf>,
+    /// Poll the watch folder instead of using inotify (needed on NFS).
+    pub watch_poll: bool,
+    /// How long a watched file must stop growing before it becomes a job.
+    pub watch_settle: std::time::Duration,
+    /// Settings of jobs that do not say otherwise.
+    pub defaults: EncodeSettings,
+    /// Segments prefetched after an on-demand request.
+    pub prefetch_segments: usize,
+    /// How long an HTTP request for a missing segment may wait for it.
+    pub segment_wait: std::time::Duration,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,19 +285,31 @@ mod tests {
 
     #[test]
     fn rejects_bad_ladders() {
-        assert!(matches!("".parse::<Ladder>(), Err(ConfigError::EmptyLadder)));
-        assert!(matches!("abc".parse::<Ladder>(), Err(ConfigError::BadRung(_))));
+        assert!(matches!(
+            "".parse::<Ladder>(),
+            Err(ConfigError::EmptyLadder)
+        ));
+        assert!(matches!(
+            "abc".parse::<Ladder>(),
+            Err(ConfigError::BadRung(_))
+        ));
         assert!(matches!(
             "240p,240p".parse::<Ladder>(),
             Err(ConfigError::DuplicateRung(_))
         ));
-        assert!(matches!("10p".parse::<Ladder>(), Err(ConfigError::RungHeight(10))));
+        assert!(matches!(
+            "10p".parse::<Ladder>(),
+            Err(ConfigError::RungHeight(10))
+        ));
         let many: Vec<String> = (1..=1000).map(|i| format!("{}p", 100 + i)).collect();
         assert!(matches!(
             Ladder::from_names(&many),
             Err(ConfigError::TooManyRungs(1000))
         ));
-        assert!(matches!("240p:0k".parse::<Ladder>(), Err(ConfigError::BadRung(_))));
+        assert!(matches!(
+            "240p:0k".parse::<Ladder>(),
+            Err(ConfigError::BadRung(_))
+        ));
     }
 
     #[test]

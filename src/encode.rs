@@ -114,21 +114,21 @@ impl Batch {
                 Ok(())
             }
             Batch::Audio { tmp_dir, .. } => {
-                verify_audio(tmp_dir).await.map_err(|reason| EncodeError::Verify {
-                    what,
-                    path: tmp_dir.join("index.m3u8"),
-                    reason,
-                })
-            }
-            Batch::Thumbnail { tmp_path } => {
-                verify_image(tmp_path, plan.thumbnail.width)
+                verify_audio(tmp_dir)
                     .await
                     .map_err(|reason| EncodeError::Verify {
                         what,
-                        path: tmp_path.clone(),
+                        path: tmp_dir.join("index.m3u8"),
                         reason,
                     })
             }
+            Batch::Thumbnail { tmp_path } => verify_image(tmp_path, plan.thumbnail.width)
+                .await
+                .map_err(|reason| EncodeError::Verify {
+                    what,
+                    path: tmp_path.clone(),
+                    reason,
+                }),
         }
     }
 }
@@ -179,7 +179,15 @@ fn video_args(args: &mut Args, plan: &Plan, segment: &Segment, outputs: &[VideoO
     for (i, output) in outputs.iter().enumerate() {
         let r = &output.rendition;
         args.push_all(["-map".to_string(), format!("[v{i}]")]);
-        args.push_all(["-an", "-sn", "-dn", "-map_metadata", "-1", "-map_chapters", "-1"]);
+        args.push_all([
+            "-an",
+            "-sn",
+            "-dn",
+            "-map_metadata",
+            "-1",
+            "-map_chapters",
+            "-1",
+        ]);
         args.push_all(["-frames:v", &frames, "-fps_mode", "passthrough"]);
         args.push_all(["-c:v", "libx264", "-preset", &plan.settings.preset]);
         args.push_all(["-profile:v", "high", "-pix_fmt", "yuv420p"]);
@@ -188,7 +196,10 @@ fn video_args(args: &mut Args, plan: &Plan, segment: &Segment, outputs: &[VideoO
         args.push_all(["-maxrate".to_string(), r.maxrate.to_string()]);
         args.push_all(["-bufsize".to_string(), r.bufsize.to_string()]);
         args.push_all(["-g", &frames, "-keyint_min", &frames, "-sc_threshold", "0"]);
-        args.push_all(["-output_ts_offset".to_string(), seconds(plan.output_ts_offset())]);
+        args.push_all([
+            "-output_ts_offset".to_string(),
+            seconds(plan.output_ts_offset()),
+        ]);
         args.push_all(["-muxdelay", "0", "-muxpreload", "0", "-f", "mpegts"]);
         args.push(output.tmp_path.as_os_str());
     }
@@ -202,13 +213,24 @@ fn audio_args(args: &mut Args, plan: &Plan, track: usize, tmp_dir: &Path) {
     };
     args.push_all(["-i".to_string(), plan.source.ffmpeg_input()]);
     args.push_all(["-map".to_string(), format!("0:{}", audio.stream_index)]);
-    args.push_all(["-vn", "-sn", "-dn", "-map_metadata", "-1", "-map_chapters", "-1"]);
+    args.push_all([
+        "-vn",
+        "-sn",
+        "-dn",
+        "-map_metadata",
+        "-1",
+        "-map_chapters",
+        "-1",
+    ]);
     args.push_all(["-c:a", "aac"]);
     args.push_all(["-b:a".to_string(), audio.bitrate.to_string()]);
     args.push_all(["-ac".to_string(), audio.channels.to_string()]);
     args.push_all(["-ar".to_string(), AUDIO_SAMPLE_RATE.to_string()]);
     args.push("-copyts");
-    args.push_all(["-output_ts_offset".to_string(), seconds(plan.output_ts_offset())]);
+    args.push_all([
+        "-output_ts_offset".to_string(),
+        seconds(plan.output_ts_offset()),
+    ]);
     args.push_all(["-muxdelay", "0", "-muxpreload", "0", "-f", "hls"]);
     args.push_all([
         "-hls_time".to_string(),
@@ -267,7 +289,11 @@ async fn verify_segment(path: &Path, frames: usize, rendition: &Rendition) -> Re
     if size == 0 {
         return Err("empty file".into());
     }
-    let text = ffprobe_compact(path, "stream=codec_type,width,height:packet=stream_index,flags").await?;
+    let text = ffprobe_compact(
+        path,
+        "stream=codec_type,width,height:packet=stream_index,flags",
+    )
+    .await?;
     let video_stream = text
         .lines()
         .find(|l| l.starts_with("stream|") && field(l, "codec_type") == Some("video"))
@@ -331,7 +357,9 @@ async fn verify_image(path: &Path, width: u32) -> Result<(), String> {
 /// Reads an MPEG-TS segment's video profile and level and turns them into an
 /// RFC 6381 codec string (`avc1.64001f`), from the real output.
 pub async fn video_codec_string(segment: &Path) -> Option<String> {
-    let text = ffprobe_compact(segment, "stream=codec_type,profile,level").await.ok()?;
+    let text = ffprobe_compact(segment, "stream=codec_type,profile,level")
+        .await
+        .ok()?;
     let line = text
         .lines()
         .find(|l| field(l, "codec_type") == Some("video"))?;
@@ -343,5 +371,7 @@ pub async fn video_codec_string(segment: &Path) -> Option<String> {
         "High" => (0x64, 0x00),
         _ => return None,
     };
-    Some(format!("avc1.{profile_idc:02x}{constraints:02x}{level:02x}"))
+    Some(format!(
+        "avc1.{profile_idc:02x}{constraints:02x}{level:02x}"
+    ))
 }

@@ -79,7 +79,9 @@ pub async fn run_ffmpeg(args: Vec<OsString>, control: RunControl) -> Result<(), 
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(|source| spawn_error(PROGRAM, source))?;
+    let mut child = command
+        .spawn()
+        .map_err(|source| spawn_error(PROGRAM, source))?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -164,7 +166,9 @@ pub async fn run_ffprobe(args: Vec<OsString>, timeout: Duration) -> Result<Vec<u
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let child = command.spawn().map_err(|source| spawn_error(PROGRAM, source))?;
+    let child = command
+        .spawn()
+        .map_err(|source| spawn_error(PROGRAM, source))?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Err(_) => {

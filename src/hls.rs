@@ -85,7 +85,11 @@ impl Packager {
 
     /// Rewrites the playlists that changed. Returns true when the master
     /// playlist exists and lists at least one rendition (the job plays).
-    pub async fn update(&self, availability: &Availability, complete: bool) -> Result<bool, HlsError> {
+    pub async fn update(
+        &self,
+        availability: &Availability,
+        complete: bool,
+    ) -> Result<bool, HlsError> {
         let total = self.plan.segments.len();
         let mut listed = Vec::new();
         for rendition in &self.plan.renditions {
@@ -107,7 +111,9 @@ impl Packager {
                 let bytes = self.media_playlist(shown, finished || self.listing == Listing::Full);
                 self.layout
                     .write_atomic(&self.layout.media_playlist(&rendition.name), &bytes)?;
-                self.lock().media.insert(rendition.name.clone(), (shown, finished));
+                self.lock()
+                    .media
+                    .insert(rendition.name.clone(), (shown, finished));
             }
             let ready = match self.listing {
                 Listing::Progressive => count > 0 && (!complete || finished),
@@ -117,7 +123,9 @@ impl Packager {
                 listed.push(rendition.name.clone());
             }
         }
-        let audio_ready = self.plan.audio.is_empty() || availability.audio_done;
+        let audio_ready = self.plan.audio.is_empty()
+            || availability.audio_done
+            || self.listing == Listing::Full;
         if listed.is_empty() || !audio_ready {
             return Ok(false);
         }
@@ -168,13 +176,18 @@ impl Packager {
     /// the segments that exist and codecs read from segment 0.
     async fn master_playlist(&self, renditions: &[String]) -> Result<Vec<u8>, HlsError> {
         let has_audio = !self.plan.audio.is_empty();
-        let audio_peak = if has_audio { self.audio_peak_bandwidth()? } else { 0 };
+        let audio_peak = if has_audio {
+            self.audio_peak_bandwidth()?
+        } else {
+            0
+        };
         let mut variants = Vec::new();
         for name in renditions {
             let Some(rendition) = self.plan.rendition(name) else {
                 continue;
             };
-            let (peak, average) = self.video_bandwidth(name)
+            let (peak, average) = self
+                .video_bandwidth(name)
                 .unwrap_or((rendition.maxrate, rendition.bitrate));
             let mut codecs = self.codec_of(name).await;
             if has_audio {
@@ -227,7 +240,9 @@ impl Packager {
         }
         match video_codec_string(&self.layout.segment(rendition, 0)).await {
             Some(codec) => {
-                self.lock().codecs.insert(rendition.to_string(), codec.clone());
+                self.lock()
+                    .codecs
+                    .insert(rendition.to_string(), codec.clone());
                 codec
             }
             // High profile is what we ask x264 for; level 4.0 covers 1080p.
@@ -249,7 +264,13 @@ impl Packager {
         let mut peak = 0;
         for track in &self.plan.audio {
             let dir = self.layout.audio_dir(track.track);
-            let playlist = read_media_playlist(&self.layout.audio_playlist(track.track))?;
+            let path = self.layout.audio_playlist(track.track);
+            if !path.is_file() {
+                // Not made yet (on-demand listing): the nominal rate.
+                peak = peak.max(track.bitrate);
+                continue;
+            }
+            let playlist = read_media_playlist(&path)?;
             let sizes = playlist.segments.iter().filter_map(|segment| {
                 let bytes = std::fs::metadata(dir.join(&segment.uri)).ok()?;
                 Some((bytes.len(), f64::from(segment.duration)))

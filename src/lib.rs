@@ -11,12 +11,14 @@ pub mod coord;
 pub mod encode;
 pub mod ffmpeg;
 pub mod hls;
+pub mod jobs;
 pub mod metrics;
 pub mod plan;
 pub mod probe;
 pub mod source;
 pub mod storage;
 pub mod transcode;
+pub mod webhook;
 pub mod worker;
 
 /// Identifier of a job (UUID v4).

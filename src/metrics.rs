@@ -5,8 +5,8 @@
 //! metric. It never decides anything from a metric's value.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric of a pod.
@@ -28,18 +28,26 @@ pub struct Metrics {
 }
 
 fn buckets_seconds() -> Vec<f64> {
-    vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
+    vec![
+        0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0,
+    ]
 }
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let units_completed = IntCounterVec::new(
-            Opts::new("segswarm_units_completed_total", "Units encoded and published by this pod"),
+            Opts::new(
+                "segswarm_units_completed_total",
+                "Units encoded and published by this pod",
+            ),
             &["kind", "rendition"],
         )?;
         let units_failed = IntCounterVec::new(
-            Opts::new("segswarm_units_failed_total", "Failed unit attempts on this pod"),
+            Opts::new(
+                "segswarm_units_failed_total",
+                "Failed unit attempts on this pod",
+            ),
             &["kind", "rendition"],
         )?;
         let units_skipped = IntCounter::new(
@@ -47,8 +55,11 @@ impl Metrics {
             "Units found already done on storage",
         )?;
         let unit_encode_seconds = HistogramVec::new(
-            HistogramOpts::new("segswarm_unit_encode_seconds", "Wall time of one ffmpeg batch")
-                .buckets(buckets_seconds()),
+            HistogramOpts::new(
+                "segswarm_unit_encode_seconds",
+                "Wall time of one ffmpeg batch",
+            )
+            .buckets(buckets_seconds()),
             &["kind"],
         )?;
         let units_in_flight = IntGauge::new(
@@ -75,7 +86,10 @@ impl Metrics {
             "Units completed after their lease had been lost",
         )?;
         let http_requests = IntCounterVec::new(
-            Opts::new("segswarm_http_requests_total", "HTTP requests by route and status"),
+            Opts::new(
+                "segswarm_http_requests_total",
+                "HTTP requests by route and status",
+            ),
             &["route", "status"],
         )?;
         let http_request_seconds = HistogramVec::new(
@@ -127,7 +141,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         let encoder = TextEncoder::new();
-        if encoder.encode(&self.registry.gather(), &mut buffer).is_err() {
+        if encoder
+            .encode(&self.registry.gather(), &mut buffer)
+            .is_err()
+        {
             return String::new();
         }
         String::from_utf8(buffer).unwrap_or_default()

@@ -106,10 +106,15 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Unit {
     /// A whole audio rendition (one continuous encode).
-    Audio { track: usize },
+    Audio {
+        track: usize,
+    },
     Thumbnail,
     /// One segment of one video rendition.
-    Video { rendition: String, index: usize },
+    Video {
+        rendition: String,
+        index: usize,
+    },
 }
 
 impl fmt::Display for Unit {
@@ -271,9 +276,15 @@ fn even(value: f64) -> u32 {
 /// Output size for a display size scaled so its short side is `short`.
 fn scaled_size(display_w: f64, display_h: f64, short: u32) -> (u32, u32) {
     if display_w >= display_h {
-        (even(f64::from(short) * display_w / display_h), even(f64::from(short)))
+        (
+            even(f64::from(short) * display_w / display_h),
+            even(f64::from(short)),
+        )
     } else {
-        (even(f64::from(short)), even(f64::from(short) * display_h / display_w))
+        (
+            even(f64::from(short)),
+            even(f64::from(short) * display_h / display_w),
+        )
     }
 }
 
@@ -423,17 +434,31 @@ mod tests {
     #[test]
     fn ladder_is_filtered_and_even() {
         let r = renditions_for(&Ladder::default().0, 1280.0, 720.0);
-        let names: Vec<_> = r.iter().map(|r| (r.name.as_str(), r.width, r.height)).collect();
+        let names: Vec<_> = r
+            .iter()
+            .map(|r| (r.name.as_str(), r.width, r.height))
+            .collect();
         assert_eq!(
             names,
-            vec![("240p", 426, 240), ("360p", 640, 360), ("480p", 854, 480), ("720p", 1280, 720)]
+            vec![
+                ("240p", 426, 240),
+                ("360p", 640, 360),
+                ("480p", 854, 480),
+                ("720p", 1280, 720)
+            ]
         );
         let portrait = renditions_for(&Ladder::default().0, 720.0, 1280.0);
         assert_eq!((portrait[0].width, portrait[0].height), (240, 426));
         let odd = renditions_for(&Ladder::default().0, 321.0, 241.0);
-        assert_eq!((odd[0].name.as_str(), odd[0].width, odd[0].height), ("240p", 320, 240));
+        assert_eq!(
+            (odd[0].name.as_str(), odd[0].width, odd[0].height),
+            ("240p", 320, 240)
+        );
         let tiny = renditions_for(&Ladder::default().0, 160.0, 120.0);
-        assert_eq!((tiny[0].name.as_str(), tiny[0].width, tiny[0].height), ("120p", 160, 120));
+        assert_eq!(
+            (tiny[0].name.as_str(), tiny[0].width, tiny[0].height),
+            ("120p", 160, 120)
+        );
     }
 
     #[test]
@@ -484,7 +509,10 @@ mod tests {
         let b = Plan::new(id, source, settings, &source_info).unwrap();
         assert_eq!(a, b);
         let units: Vec<String> = a.units().iter().map(Unit::to_string).collect();
-        assert_eq!(&units[..4], &["audio/0", "thumbnail", "video/240p/0", "video/360p/0"]);
+        assert_eq!(
+            &units[..4],
+            &["audio/0", "thumbnail", "video/240p/0", "video/360p/0"]
+        );
         assert_eq!(a.audio[0].channels, 2);
         for unit in a.units() {
             assert_eq!(unit.to_string().parse::<Unit>().unwrap(), unit);

@@ -167,7 +167,9 @@ fn probe_args(source: &Source, extra: &[&str]) -> Vec<OsString> {
 
 fn first_line(text: &str) -> String {
     let line = text.lines().rev().find(|line| !line.trim().is_empty());
-    line.unwrap_or("ffprobe failed without a message").trim().to_string()
+    line.unwrap_or("ffprobe failed without a message")
+        .trim()
+        .to_string()
 }
 
 #[derive(Deserialize)]
@@ -402,6 +404,9 @@ pts_time=0.066667|dts_time=0.033333|duration_time=0.033333|flags=_D\n";
             Err(ProbeError::BadDimensions { .. })
         ));
         let json = br#"{"format":{"format_name":"mp3"},"streams":[{"index":0,"codec_type":"audio","channels":2}]}"#;
-        assert!(matches!(parse_streams("x", json), Err(ProbeError::NoVideo(_))));
+        assert!(matches!(
+            parse_streams("x", json),
+            Err(ProbeError::NoVideo(_))
+        ));
     }
 }

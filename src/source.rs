@@ -61,7 +61,9 @@ impl Source {
         if let Some((prefix, _)) = text.split_once(':') {
             if !prefix.is_empty()
                 && !prefix.contains('/')
-                && prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '+')
+                && prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+')
             {
                 return Err(SourceError::UnsupportedScheme(text.to_string()));
             }
@@ -133,9 +135,17 @@ mod tests {
 
     #[test]
     fn refuses_other_schemes() {
-        for text in ["ftp://x/y.mp4", "file:///etc/passwd", "concat:a|b", "rtmp://x"] {
+        for text in [
+            "ftp://x/y.mp4",
+            "file:///etc/passwd",
+            "concat:a|b",
+            "rtmp://x",
+        ] {
             assert!(
-                matches!(Source::parse(text, &[]), Err(SourceError::UnsupportedScheme(_))),
+                matches!(
+                    Source::parse(text, &[]),
+                    Err(SourceError::UnsupportedScheme(_))
+                ),
                 "{text}"
             );
         }

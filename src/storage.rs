@@ -172,7 +172,8 @@ impl JobLayout {
         std::fs::create_dir_all(&tmp_dir)
             .map_err(|e| StorageError::new("creating", &tmp_dir, e))?;
         let result = (|| {
-            let mut file = File::create(&tmp).map_err(|e| StorageError::new("creating", &tmp, e))?;
+            let mut file =
+                File::create(&tmp).map_err(|e| StorageError::new("creating", &tmp, e))?;
             file.write_all(bytes)
                 .map_err(|e| StorageError::new("writing", &tmp, e))?;
             file.sync_all()

@@ -18,7 +18,10 @@ pub enum PrepareError {
     #[error(transparent)]
     Probe(#[from] ProbeError),
     #[error("planning {source_name}: {error}")]
-    Plan { source_name: String, error: PlanError },
+    Plan {
+        source_name: String,
+        error: PlanError,
+    },
     #[error(transparent)]
     PlanFile(#[from] PlanFileError),
     #[error(transparent)]

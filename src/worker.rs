@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Longest wait between retries of a failed unit.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -73,8 +74,12 @@ pub fn default_slots() -> usize {
 pub enum JobOutcome {
     Done,
     /// Some renditions failed; a complete lower one plays.
-    Partial { reason: String },
-    Failed { reason: String },
+    Partial {
+        reason: String,
+    },
+    Failed {
+        reason: String,
+    },
     Canceled,
 }
 
@@ -122,6 +127,10 @@ pub struct JobOptions {
     /// Higher runs first.
     pub priority: i32,
     pub listing: Listing,
+    /// Encode every video unit in the background (ingest). When false
+    /// (on-demand), only audio, the thumbnail and requested or prefetched
+    /// segments are made.
+    pub eager_video: bool,
 }
 
 impl Default for JobOptions {
@@ -129,13 +138,33 @@ impl Default for JobOptions {
         JobOptions {
             priority: 0,
             listing: Listing::Progressive,
+            eager_video: true,
         }
     }
 }
 
+/// Why a request for one unit could not be answered with its file.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("job {0} is not running on this pod")]
+    NotRunning(JobId),
+    #[error("{0} is not part of the job's plan")]
+    NotPlanned(Unit),
+    #[error("{unit} failed: {reason}")]
+    Failed { unit: Unit, reason: String },
+    #[error("{0} was not ready in time")]
+    Timeout(Unit),
+    #[error("the job was canceled")]
+    Canceled,
+    #[error("the pod is shutting down")]
+    ShuttingDown,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum UnitState {
-    Pending { not_before: Instant },
+    Pending {
+        not_before: Instant,
+    },
     /// Reserved by a slot of this worker (claiming or encoding).
     Running,
     Done,
@@ -153,6 +182,8 @@ struct RunState {
     contiguous: HashMap<String, usize>,
     failed_renditions: BTreeSet<String>,
     failures: Vec<String>,
+    /// Units asked for ahead of the normal order (prefetch after a request).
+    wanted: BTreeSet<Unit>,
     finished: bool,
 }
 
@@ -232,9 +263,10 @@ impl JobRun {
 
     fn availability(&self) -> Availability {
         let state = self.lock();
-        let audio_done = self.plan.audio.iter().all(|a| {
-            state.units.get(&Unit::Audio { track: a.track }) == Some(&UnitState::Done)
-        });
+        let audio_done =
+            self.plan.audio.iter().all(|a| {
+                state.units.get(&Unit::Audio { track: a.track }) == Some(&UnitState::Done)
+            });
         Availability {
             contiguous: state.contiguous.clone(),
             failed: state.failed_renditions.iter().cloned().collect(),
@@ -252,6 +284,8 @@ struct Shared {
     shutdown: CancellationToken,
     events: broadcast::Sender<WorkerEvent>,
     sequence: AtomicU64,
+    /// Encodes started by requests rather than slots.
+    tasks: TaskTracker,
 }
 
 /// Slots that claim and run units of the jobs added to it.
@@ -283,6 +317,7 @@ impl Worker {
             shutdown: CancellationToken::new(),
             events,
             sequence: AtomicU64::new(0),
+            tasks: TaskTracker::new(),
         });
         let mut slots = JoinSet::new();
         for _ in 0..shared.settings.slots.max(1) {
@@ -343,6 +378,7 @@ impl Worker {
             contiguous: HashMap::new(),
             failed_renditions: BTreeSet::new(),
             failures: Vec::new(),
+            wanted: BTreeSet::new(),
             finished: false,
         };
         for rendition in &plan.renditions {
@@ -362,9 +398,16 @@ impl Worker {
             outcome,
         });
         shared.metrics.units_skipped.inc_by(skipped as u64);
-        for unit in job.lock().units.iter().filter(|(_, s)| **s == UnitState::Done) {
-            if let Err(err) = shared.coord.mark_done(id, unit.0).await {
-                tracing::warn!(job = %id, unit = %unit.0, "recording a unit found on storage: {err}");
+        let found: Vec<Unit> = job
+            .lock()
+            .units
+            .iter()
+            .filter(|(_, state)| **state == UnitState::Done)
+            .map(|(unit, _)| unit.clone())
+            .collect();
+        for unit in found {
+            if let Err(err) = shared.coord.mark_done(id, &unit).await {
+                tracing::warn!(job = %id, unit = %unit, "recording a unit found on storage: {err}");
             }
         }
         {
@@ -380,7 +423,11 @@ impl Worker {
 
     /// The running job with this id, if any.
     pub fn job(&self, id: JobId) -> Option<Arc<JobRun>> {
-        self.shared.lock_jobs().iter().find(|j| j.id() == id).cloned()
+        self.shared
+            .lock_jobs()
+            .iter()
+            .find(|j| j.id() == id)
+            .cloned()
     }
 
     /// Cancels a job: its ffmpeg processes are killed, its leases given
@@ -394,6 +441,85 @@ impl Worker {
         true
     }
 
+    /// Makes sure `unit` of a running job exists on storage, ahead of
+    /// background work: claims it now if it is free, or waits for whoever is
+    /// making it. Concurrent requests for one unit start one encode. The
+    /// next `prefetch` segments of the same rendition are queued first.
+    pub async fn request(
+        &self,
+        id: JobId,
+        unit: &Unit,
+        prefetch: usize,
+        timeout: Duration,
+    ) -> Result<(), RequestError> {
+        let shared = &self.shared;
+        let job = self.job(id).ok_or(RequestError::NotRunning(id))?;
+        if !job.plan.contains(unit) {
+            return Err(RequestError::NotPlanned(unit.clone()));
+        }
+        let deadline = Instant::now() + timeout;
+        // Subscribe before looking, so a completion in between is seen.
+        let mut events = shared.events.subscribe();
+        if let Unit::Video { rendition, index } = unit {
+            let mut state = job.lock();
+            for next in index + 1..(index + 1 + prefetch).min(job.plan.segments.len()) {
+                state.wanted.insert(Unit::Video {
+                    rendition: rendition.clone(),
+                    index: next,
+                });
+            }
+        }
+        shared.wake.notify_waiters();
+        loop {
+            if job.layout.is_done(unit) {
+                return Ok(());
+            }
+            let state = job.lock().units.get(unit).cloned();
+            match state {
+                Some(UnitState::Done) => return Ok(()),
+                Some(UnitState::Failed(reason)) => {
+                    return Err(RequestError::Failed {
+                        unit: unit.clone(),
+                        reason,
+                    })
+                }
+                Some(UnitState::Pending { .. }) => {
+                    job.lock().units.insert(unit.clone(), UnitState::Running);
+                    if let Some(claimed) = shared.claim(&job, vec![unit.clone()]).await {
+                        // Runs on its own task: a requester that goes away
+                        // does not abandon the encode.
+                        let owner = shared.clone();
+                        shared
+                            .tasks
+                            .spawn(async move { owner.run_claimed(claimed).await });
+                    }
+                }
+                Some(UnitState::Running) | None => {}
+            }
+            if job.cancel.is_cancelled() {
+                return Err(if shared.shutdown.is_cancelled() {
+                    RequestError::ShuttingDown
+                } else {
+                    RequestError::Canceled
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RequestError::Timeout(unit.clone()));
+            }
+            let wait = (deadline - now).min(shared.settings.held_recheck);
+            tokio::select! {
+                event = events.recv() => {
+                    if let Err(broadcast::error::RecvError::Closed) = event {
+                        return Err(RequestError::ShuttingDown);
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = job.cancel.cancelled() => {}
+            }
+        }
+    }
+
     /// Stops claiming, kills every ffmpeg, gives held leases back and waits
     /// for the slots to end.
     pub async fn shutdown(&self) {
@@ -401,6 +527,8 @@ impl Worker {
         self.shared.wake.notify_waiters();
         let mut slots = self.slots.lock().await;
         while slots.join_next().await.is_some() {}
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
     }
 }
 
@@ -467,14 +595,20 @@ impl Shared {
         if to_claim.is_empty() {
             return None;
         }
-        let outcomes = match self.coord.claim(id, &to_claim, &self.settings.worker_id).await {
+        let outcomes = match self
+            .coord
+            .claim(id, &to_claim, &self.settings.worker_id)
+            .await
+        {
             Ok(outcomes) => outcomes,
             Err(err) => {
                 tracing::warn!(job = %id, "claiming units: {err}");
                 let retry = Instant::now() + Duration::from_secs(1);
                 let mut state = job.lock();
                 for unit in &to_claim {
-                    state.units.insert(unit.clone(), UnitState::Pending { not_before: retry });
+                    state
+                        .units
+                        .insert(unit.clone(), UnitState::Pending { not_before: retry });
                 }
                 return None;
             }
@@ -485,9 +619,12 @@ impl Shared {
                 ClaimOutcome::Won { lease, .. } => leases.push(lease),
                 ClaimOutcome::Held { .. } => {
                     let recheck = Instant::now() + self.settings.held_recheck;
-                    job.lock()
-                        .units
-                        .insert(unit.clone(), UnitState::Pending { not_before: recheck });
+                    job.lock().units.insert(
+                        unit.clone(),
+                        UnitState::Pending {
+                            not_before: recheck,
+                        },
+                    );
                 }
                 ClaimOutcome::Done => {
                     if job.layout.is_done(unit) {
@@ -496,9 +633,12 @@ impl Shared {
                         // Marked done but its file is missing: storage wins,
                         // the unit is made again once the claim is free.
                         let recheck = Instant::now() + self.settings.held_recheck;
-                        job.lock()
-                            .units
-                            .insert(unit.clone(), UnitState::Pending { not_before: recheck });
+                        job.lock().units.insert(
+                            unit.clone(),
+                            UnitState::Pending {
+                                not_before: recheck,
+                            },
+                        );
                     }
                 }
             }
@@ -617,7 +757,11 @@ impl Shared {
         }
     }
 
-    fn publish_file(&self, from: &std::path::Path, to: &std::path::Path) -> Result<(), StorageError> {
+    fn publish_file(
+        &self,
+        from: &std::path::Path,
+        to: &std::path::Path,
+    ) -> Result<(), StorageError> {
         let bytes = std::fs::metadata(from).map(|m| m.len()).unwrap_or(0);
         let seconds = storage::publish(from, to)?;
         self.metrics.storage_write_seconds.observe(seconds);
@@ -627,8 +771,14 @@ impl Shared {
 
     /// Publishes an audio rendition: every segment, then its playlist (the
     /// playlist's existence marks the unit done).
-    fn publish_audio(&self, job: &JobRun, track: usize, tmp_dir: &std::path::Path) -> Result<(), String> {
-        let playlist = hls::read_media_playlist(&tmp_dir.join("index.m3u8")).map_err(|e| e.to_string())?;
+    fn publish_audio(
+        &self,
+        job: &JobRun,
+        track: usize,
+        tmp_dir: &std::path::Path,
+    ) -> Result<(), String> {
+        let playlist =
+            hls::read_media_playlist(&tmp_dir.join("index.m3u8")).map_err(|e| e.to_string())?;
         let dir = job.layout.audio_dir(track);
         for segment in &playlist.segments {
             let name = hls::file_name(&segment.uri);
@@ -636,7 +786,10 @@ impl Shared {
                 .map_err(|e| e.to_string())?;
         }
         job.layout
-            .write_atomic(&job.layout.audio_playlist(track), &hls::audio_playlist(&playlist))
+            .write_atomic(
+                &job.layout.audio_playlist(track),
+                &hls::audio_playlist(&playlist),
+            )
             .map_err(|e| e.to_string())
     }
 
@@ -725,7 +878,9 @@ impl Shared {
             unit: unit.clone(),
         });
         if *unit == Unit::Thumbnail {
-            let _ = self.events.send(WorkerEvent::ThumbnailReady { job: job.id() });
+            let _ = self
+                .events
+                .send(WorkerEvent::ThumbnailReady { job: job.id() });
         }
         self.publish_playlists(job).await;
         self.maybe_finish(job).await;
@@ -801,9 +956,7 @@ fn reserve_next(job: &JobRun) -> Option<Vec<Unit>> {
     {
         state.cursor += 1;
     }
-    let ready = |state: &RunState, unit: &Unit| {
-        matches!(state.units.get(unit), Some(UnitState::Pending { not_before }) if *not_before <= now)
-    };
+    let ready = |state: &RunState, unit: &Unit| matches!(state.units.get(unit), Some(UnitState::Pending { not_before }) if *not_before <= now);
     let first = state.order[state.cursor..]
         .iter()
         .find(|unit| ready(&state, unit))?
@@ -845,7 +998,9 @@ fn advance_contiguous(state: &mut RunState, rendition: &str) {
 /// Marks a unit failed for good; a failed video unit fails its rendition,
 /// so the rest of that rendition is not attempted.
 fn mark_failed(state: &mut RunState, unit: &Unit, error: &str) {
-    state.units.insert(unit.clone(), UnitState::Failed(error.to_string()));
+    state
+        .units
+        .insert(unit.clone(), UnitState::Failed(error.to_string()));
     state.failures.push(format!("{unit}: {error}"));
     if let Unit::Video { rendition, .. } = unit {
         state.failed_renditions.insert(rendition.clone());
@@ -867,7 +1022,10 @@ fn outcome_of(plan: &Plan, state: &RunState) -> JobOutcome {
     }
     let reason = state.failures.join("; ");
     let audio_failed = plan.audio.iter().any(|a| {
-        matches!(state.units.get(&Unit::Audio { track: a.track }), Some(UnitState::Failed(_)))
+        matches!(
+            state.units.get(&Unit::Audio { track: a.track }),
+            Some(UnitState::Failed(_))
+        )
     });
     let complete_rendition = plan
         .renditions

@@ -3,7 +3,9 @@
 //! of completion notices. Same semantics as the Redis coordinator, so the
 //! worker above cannot tell them apart.
 
-use super::{new_token, ClaimOutcome, Completion, CoordError, Coordinator, Lease, Mode, WaitOutcome};
+use super::{
+    new_token, ClaimOutcome, Completion, CoordError, Coordinator, Lease, Mode, WaitOutcome,
+};
 use crate::plan::Unit;
 use crate::JobId;
 use async_trait::async_trait;
@@ -48,7 +50,9 @@ impl LocalCoordinator {
         // A panic while holding this lock cannot leave the maps half-updated
         // in a way that matters (each operation is one insert or remove), so
         // a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -253,7 +257,10 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(30)).await;
         let newer = coord.claim(job, &[unit(0)], "b").await.unwrap();
-        assert!(matches!(&newer[0], ClaimOutcome::Won { takeover: true, .. }));
+        assert!(matches!(
+            &newer[0],
+            ClaimOutcome::Won { takeover: true, .. }
+        ));
         assert!(!coord.renew(&old).await.unwrap());
         assert_eq!(coord.release(&old, true).await.unwrap(), 1);
         let again = coord.claim(job, &[unit(0)], "c").await.unwrap();

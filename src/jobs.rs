@@ -1,0 +1,819 @@
+//! Jobs of a pod: submission, lifecycle, progress events and persistence.
+//!
+//! Owns each job's record (spec, status, error) and its event stream:
+//! queued → processing → playable → done | partial | failed | canceled, with
+//! `thumbnail_ready` and throttled `progress` events in between. Records are
+//! persisted as `status.json` in the job's folder on every status change, so
+//! a restarted pod resumes unfinished jobs from storage. It starts work
+//! through [`crate::transcode::prepare`] and the [`Worker`]; it never runs
+//! ffmpeg itself and never formats HTTP responses.
+
+use crate::config::{validate_segment_duration, ConfigError, EncodeSettings, Ladder};
+use crate::hls::Listing;
+use crate::plan::{Plan, Unit};
+use crate::source::{Source, SourceError};
+use crate::storage::{read_plan, Storage, StorageError};
+use crate::transcode::prepare;
+use crate::webhook::Webhooks;
+use crate::worker::{JobOptions, JobOutcome, JobRun, RequestError, Worker, WorkerEvent};
+use crate::JobId;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{broadcast, Semaphore};
+
+/// Most events kept per job for late subscribers (progress is throttled to
+/// 50 steps, so this holds a whole job's history).
+const HISTORY_LIMIT: usize = 256;
+/// Sources probed and planned at once.
+const PREPARE_CONCURRENCY: usize = 2;
+/// Name of the record file in a job's folder.
+const STATUS_FILE: &str = "status.json";
+
+/// How a job is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum JobMode {
+    /// Encode everything now, lowest rendition first; playlists grow.
+    #[default]
+    Ingest,
+    /// List the whole plan at once; encode segments when they are requested.
+    OnDemand,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Processing,
+    Playable,
+    Done,
+    Partial,
+    Failed,
+    Canceled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 7] = [
+        JobStatus::Queued,
+        JobStatus::Processing,
+        JobStatus::Playable,
+        JobStatus::Done,
+        JobStatus::Partial,
+        JobStatus::Failed,
+        JobStatus::Canceled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Done | JobStatus::Partial | JobStatus::Failed | JobStatus::Canceled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Processing => "processing",
+            JobStatus::Playable => "playable",
+            JobStatus::Done => "done",
+            JobStatus::Partial => "partial",
+            JobStatus::Failed => "failed",
+            JobStatus::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<JobStatus> {
+        JobStatus::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// A ladder given as `["240p","360p"]` or `"240p,360p"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum LadderInput {
+    List(Vec<String>),
+    Text(String),
+}
+
+/// The body of `POST /v1/jobs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub source: String,
+    pub ladder: Option<LadderInput>,
+    pub segment_duration: Option<u32>,
+    pub priority: Option<i32>,
+    pub mode: Option<JobMode>,
+    pub callback_url: Option<String>,
+}
+
+/// What a job was asked to do (validated).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub source: Source,
+    pub settings: EncodeSettings,
+    pub priority: i32,
+    pub mode: JobMode,
+    pub callback_url: Option<String>,
+}
+
+/// The persisted record of a job (`status.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub status: JobStatus,
+    pub error: Option<String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub playable: bool,
+    /// Percentage of units done when last recorded.
+    pub progress: f64,
+}
+
+/// Per-rendition progress in a [`JobView`].
+#[derive(Debug, Clone, Serialize)]
+pub struct RenditionView {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub done: usize,
+    pub total: usize,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub status: JobStatus,
+    pub source: String,
+    pub mode: JobMode,
+    pub priority: i32,
+    pub ladder: Vec<String>,
+    pub segment_duration: u32,
+    pub callback_url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub progress: f64,
+    pub playable: bool,
+    pub master_url: String,
+    pub thumbnail_url: String,
+    pub duration: Option<f64>,
+    pub audio_tracks: Option<usize>,
+    pub renditions: Vec<RenditionView>,
+    pub error: Option<String>,
+}
+
+/// One entry of a job's event stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobEvent {
+    /// Increasing per job; the SSE `id`.
+    pub seq: u64,
+    /// `queued`, `processing`, `thumbnail_ready`, `progress`, `playable`,
+    /// `done`, `partial`, `failed` or `canceled`.
+    pub event: &'static str,
+    pub job: JobView,
+}
+
+/// Errors of job operations, each with a fitting kind for the API.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("callback_url must be an http or https URL")]
+    BadCallback,
+    #[error("job {id} is already {status}; add ?purge=true to remove its files")]
+    AlreadyEnded { id: JobId, status: &'static str },
+    #[error("the pod is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+struct JobEntry {
+    record: Mutex<JobRecord>,
+    plan: Mutex<Option<Arc<Plan>>>,
+    run: Mutex<Option<Arc<JobRun>>>,
+    history: Mutex<Vec<JobEvent>>,
+    events: broadcast::Sender<JobEvent>,
+    next_seq: AtomicU64,
+    /// Last 2 % step a progress event was sent for.
+    progress_step: AtomicU64,
+}
+
+impl JobEntry {
+    fn new(record: JobRecord) -> Arc<JobEntry> {
+        let (events, _) = broadcast::channel(HISTORY_LIMIT);
+        Arc::new(JobEntry {
+            record: Mutex::new(record),
+            plan: Mutex::new(None),
+            run: Mutex::new(None),
+            history: Mutex::new(Vec::new()),
+            events,
+            next_seq: AtomicU64::new(1),
+            progress_step: AtomicU64::new(0),
+        })
+    }
+
+    fn record(&self) -> JobRecord {
+        lock(&self.record).clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+        .to_string()
+}
+
+/// Settings of the manager that come from the pod's configuration.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    pub defaults: EncodeSettings,
+    pub source_roots: Vec<PathBuf>,
+    pub prefetch_segments: usize,
+    pub segment_wait: Duration,
+}
+
+/// The jobs this pod knows.
+pub struct JobManager {
+    storage: Storage,
+    worker: Arc<Worker>,
+    settings: JobSettings,
+    webhooks: Webhooks,
+    jobs: RwLock<HashMap<JobId, Arc<JobEntry>>>,
+    prepare_slots: Semaphore,
+    shutting_down: std::sync::atomic::AtomicBool,
+}
+
+impl JobManager {
+    /// Creates the manager and starts following the worker's events.
+    pub fn start(
+        storage: Storage,
+        worker: Arc<Worker>,
+        settings: JobSettings,
+        webhooks: Webhooks,
+    ) -> Arc<JobManager> {
+        let manager = Arc::new(JobManager {
+            storage,
+            worker,
+            settings,
+            webhooks,
+            jobs: RwLock::new(HashMap::new()),
+            prepare_slots: Semaphore::new(PREPARE_CONCURRENCY),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+        });
+        let events = manager.worker.subscribe();
+        tokio::spawn(follow_worker(Arc::downgrade(&manager), events));
+        manager
+    }
+
+    pub fn source_roots(&self) -> &[PathBuf] {
+        &self.settings.source_roots
+    }
+
+    /// Marks the manager as stopping: no new jobs are accepted.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    fn entry(&self, id: JobId) -> Option<Arc<JobEntry>> {
+        self.jobs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Validates and queues a job; work starts in the background.
+    pub fn submit(self: &Arc<Self>, request: SubmitRequest) -> Result<JobView, JobError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(JobError::ShuttingDown);
+        }
+        let source = Source::parse(&request.source, &self.settings.source_roots)?;
+        let defaults = &self.settings.defaults;
+        let ladder = match request.ladder {
+            None => defaults.ladder.clone(),
+            Some(LadderInput::List(names)) => Ladder::from_names(&names)?,
+            Some(LadderInput::Text(text)) => text.parse()?,
+        };
+        let segment_duration = match request.segment_duration {
+            None => defaults.segment_duration,
+            Some(seconds) => validate_segment_duration(seconds)?,
+        };
+        if let Some(url) = &request.callback_url {
+            let lower = url.to_ascii_lowercase();
+            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                return Err(JobError::BadCallback);
+            }
+        }
+        let spec = JobSpec {
+            source,
+            settings: EncodeSettings {
+                ladder,
+                segment_duration,
+                ..defaults.clone()
+            },
+            priority: request.priority.unwrap_or(0),
+            mode: request.mode.unwrap_or_default(),
+            callback_url: request.callback_url,
+        };
+        let now = now_ms();
+        let record = JobRecord {
+            id: JobId::new_v4(),
+            spec,
+            status: JobStatus::Queued,
+            error: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            playable: false,
+            progress: 0.0,
+        };
+        let layout = self.storage.job(record.id);
+        std::fs::create_dir_all(layout.dir())
+            .map_err(|e| StorageError::new("creating", layout.dir(), e))?;
+        self.persist(&record)?;
+        let entry = JobEntry::new(record.clone());
+        self.jobs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.id, entry.clone());
+        self.emit(&entry, "queued");
+        self.spawn_start(entry.clone());
+        Ok(self.view(&entry))
+    }
+
+    fn spawn_start(self: &Arc<Self>, entry: Arc<JobEntry>) {
+        let manager = self.clone();
+        tokio::spawn(async move { manager.start_job(entry).await });
+    }
+
+    /// Probes and plans (or reads `job.json`), then hands the job to the
+    /// worker.
+    async fn start_job(self: Arc<Self>, entry: Arc<JobEntry>) {
+        let Ok(_permit) = self.prepare_slots.acquire().await else {
+            return;
+        };
+        let record = entry.record();
+        if record.status.is_terminal() {
+            return;
+        }
+        let layout = self.storage.job(record.id);
+        let prepared = prepare(
+            &layout,
+            record.spec.source.clone(),
+            record.spec.settings.clone(),
+            record.id,
+        )
+        .await;
+        let plan = match prepared {
+            Ok(prepared) => Arc::new(prepared.plan),
+            Err(err) => {
+                self.end(&entry, JobStatus::Failed, Some(err.to_string()));
+                return;
+            }
+        };
+        *lock(&entry.plan) = Some(plan.clone());
+        if entry.record().status.is_terminal() {
+            return; // canceled while probing
+        }
+        let options = JobOptions {
+            priority: record.spec.priority,
+            listing: match record.spec.mode {
+                JobMode::Ingest => Listing::Progressive,
+                JobMode::OnDemand => Listing::Full,
+            },
+            eager_video: record.spec.mode == JobMode::Ingest,
+        };
+        self.set_status(&entry, JobStatus::Processing, "processing");
+        match self.worker.add_job(plan, layout, options).await {
+            Ok(run) => {
+                *lock(&entry.run) = Some(run.clone());
+                // The worker may have finished it at once (everything was
+                // on storage already).
+                if let Some(outcome) = run.outcome() {
+                    self.on_finished(&entry, outcome);
+                }
+            }
+            Err(err) => self.end(&entry, JobStatus::Failed, Some(err.to_string())),
+        }
+    }
+
+    /// Loads every job folder's `status.json`; unfinished jobs start again
+    /// (units already on storage are skipped).
+    pub fn resume_from_storage(self: &Arc<Self>) -> Result<usize, StorageError> {
+        let dir = self.storage.jobs_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StorageError::new("listing", &dir, e)),
+        };
+        let mut resumed = 0;
+        for dir_entry in entries.flatten() {
+            let path = dir_entry.path().join(STATUS_FILE);
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let record: JobRecord = match serde_json::from_slice(&bytes) {
+                Ok(record) => record,
+                Err(err) => {
+                    tracing::warn!("skipping {}: {err}", path.display());
+                    continue;
+                }
+            };
+            let unfinished = !record.status.is_terminal();
+            let entry = JobEntry::new(record.clone());
+            if let Ok(Some(plan)) = read_plan(&self.storage.job(record.id)) {
+                *lock(&entry.plan) = Some(Arc::new(plan));
+            }
+            self.jobs
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(record.id, entry.clone());
+            if unfinished {
+                resumed += 1;
+                self.spawn_start(entry);
+            }
+        }
+        Ok(resumed)
+    }
+
+    pub fn get(&self, id: JobId) -> Result<JobView, JobError> {
+        let entry = self.entry(id).ok_or(JobError::NotFound(id))?;
+        Ok(self.view(&entry))
+    }
+
+    /// Jobs newest first, optionally of one status; returns (page, total).
+    pub fn list(&self, status: Option<JobStatus>, offset: usize, limit: usize) -> (Vec<JobView>, usize) {
+        let mut entries: Vec<Arc<JobEntry>> = self
+            .jobs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|e| status.is_none_or(|s| lock(&e.record).status == s))
+            .cloned()
+            .collect();
+        entries.sort_by_key(|e| {
+            let record = lock(&e.record);
+            (std::cmp::Reverse(record.created_at_ms), record.id)
+        });
+        let total = entries.len();
+        let page = entries
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|e| self.view(e))
+            .collect();
+        (page, total)
+    }
+
+    /// Counts of jobs by status (for metrics).
+    pub fn counts(&self) -> HashMap<JobStatus, usize> {
+        let mut counts = HashMap::new();
+        for entry in self.jobs.read().unwrap_or_else(|p| p.into_inner()).values() {
+            *counts.entry(lock(&entry.record).status).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Cancels a job (its ffmpeg processes are killed, no new units start);
+    /// with `purge`, also removes its files. Purging a finished job is
+    /// allowed; canceling one is a conflict.
+    pub async fn cancel(&self, id: JobId, purge: bool) -> Result<JobView, JobError> {
+        let entry = self.entry(id).ok_or(JobError::NotFound(id))?;
+        let status = entry.record().status;
+        if status.is_terminal() && !purge {
+            return Err(JobError::AlreadyEnded {
+                id,
+                status: status.as_str(),
+            });
+        }
+        if !status.is_terminal() {
+            self.end(&entry, JobStatus::Canceled, None);
+            self.worker.cancel_job(id).await;
+        }
+        let view = self.view(&entry);
+        if purge {
+            self.jobs
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            self.storage.job(id).remove_all()?;
+        }
+        Ok(view)
+    }
+
+    /// Subscribes to a job's events; returns the history after `after` and
+    /// the live receiver (subscribed before the history was read, so no
+    /// event falls between them; duplicates are filtered by `seq`).
+    pub fn subscribe(
+        &self,
+        id: JobId,
+        after: u64,
+    ) -> Result<(Vec<JobEvent>, broadcast::Receiver<JobEvent>, JobView), JobError> {
+        let entry = self.entry(id).ok_or(JobError::NotFound(id))?;
+        let receiver = entry.events.subscribe();
+        let mut history: Vec<JobEvent> = lock(&entry.history)
+            .iter()
+            .filter(|e| e.seq > after)
+            .cloned()
+            .collect();
+        let view = self.view(&entry);
+        // A job that ended before this pod started has no history here:
+        // give its final state as one event.
+        if history.is_empty() && view.status.is_terminal() && after == 0 {
+            history.push(JobEvent {
+                seq: entry.next_seq.load(Ordering::Relaxed),
+                event: view.status.as_str(),
+                job: view.clone(),
+            });
+        }
+        Ok((history, receiver, view))
+    }
+
+    /// For `/hls`: makes the file at `path` (relative to the job folder)
+    /// exist if it is a planned output, encoding it now if needed.
+    pub async fn ensure_file(&self, id: JobId, path: &str) -> Result<(), RequestError> {
+        let entry = self.entry(id).ok_or(RequestError::NotRunning(id))?;
+        let plan = lock(&entry.plan).clone().ok_or(RequestError::NotRunning(id))?;
+        let unit = unit_for_path(&plan, path).ok_or_else(|| {
+            RequestError::NotPlanned(Unit::Video {
+                rendition: path.to_string(),
+                index: 0,
+            })
+        })?;
+        self.worker
+            .request(id, &unit, self.settings.prefetch_segments, self.settings.segment_wait)
+            .await
+    }
+
+    /// True when a job's playlists will not change any more.
+    pub fn is_final(&self, id: JobId) -> bool {
+        self.entry(id)
+            .map(|e| matches!(e.record().status, JobStatus::Done | JobStatus::Partial))
+            .unwrap_or(false)
+    }
+
+    pub fn knows(&self, id: JobId) -> bool {
+        self.entry(id).is_some()
+    }
+
+    pub fn job_dir(&self, id: JobId) -> PathBuf {
+        self.storage.job(id).dir().to_path_buf()
+    }
+
+    fn view(&self, entry: &JobEntry) -> JobView {
+        let record = entry.record();
+        let plan = lock(&entry.plan).clone();
+        let run = lock(&entry.run).clone();
+        let live = run.as_ref().filter(|_| !record.status.is_terminal());
+        let progress = match live {
+            Some(run) => percent(run.progress()),
+            None => record.progress,
+        };
+        let renditions = match (&plan, &run) {
+            (Some(plan), Some(run)) => run
+                .rendition_progress()
+                .into_iter()
+                .filter_map(|(name, done, total)| {
+                    let r = plan.rendition(&name)?;
+                    Some(RenditionView {
+                        name,
+                        width: r.width,
+                        height: r.height,
+                        done,
+                        total,
+                    })
+                })
+                .collect(),
+            (Some(plan), None) => {
+                let layout = self.storage.job(record.id);
+                plan.renditions
+                    .iter()
+                    .map(|r| RenditionView {
+                        name: r.name.clone(),
+                        width: r.width,
+                        height: r.height,
+                        done: plan
+                            .segments
+                            .iter()
+                            .filter(|s| layout.segment(&r.name, s.index).is_file())
+                            .count(),
+                        total: plan.segments.len(),
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        JobView {
+            id: record.id,
+            status: record.status,
+            source: record.spec.source.to_string(),
+            mode: record.spec.mode,
+            priority: record.spec.priority,
+            ladder: record.spec.settings.ladder.0.iter().map(|r| r.name()).collect(),
+            segment_duration: record.spec.settings.segment_duration,
+            callback_url: record.spec.callback_url.clone(),
+            created_at: rfc3339(record.created_at_ms),
+            updated_at: rfc3339(record.updated_at_ms),
+            progress,
+            playable: record.playable,
+            master_url: format!("/hls/{}/master.m3u8", record.id),
+            thumbnail_url: format!("/hls/{}/thumbnail.webp", record.id),
+            duration: plan.as_ref().map(|p| p.duration),
+            audio_tracks: plan.as_ref().map(|p| p.audio.len()),
+            renditions,
+            error: record.error.clone(),
+        }
+    }
+
+    fn persist(&self, record: &JobRecord) -> Result<(), StorageError> {
+        let layout = self.storage.job(record.id);
+        let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
+        layout.write_atomic(&layout.dir().join(STATUS_FILE), &bytes)
+    }
+
+    fn update(&self, entry: &JobEntry, change: impl FnOnce(&mut JobRecord)) {
+        let record = {
+            let mut record = lock(&entry.record);
+            change(&mut record);
+            record.updated_at_ms = now_ms();
+            record.clone()
+        };
+        if let Err(err) = self.persist(&record) {
+            tracing::warn!(job = %record.id, "saving job status: {err}");
+        }
+    }
+
+    fn emit(&self, entry: &JobEntry, event: &'static str) {
+        let job = self.view(entry);
+        let seq = entry.next_seq.fetch_add(1, Ordering::Relaxed);
+        let event = JobEvent { seq, event, job };
+        {
+            let mut history = lock(&entry.history);
+            history.push(event.clone());
+            if history.len() > HISTORY_LIMIT {
+                history.remove(0);
+            }
+        }
+        let _ = entry.events.send(event);
+    }
+
+    fn set_status(&self, entry: &JobEntry, status: JobStatus, event: &'static str) {
+        if entry.record().status.is_terminal() {
+            return;
+        }
+        self.update(entry, |r| r.status = status);
+        self.emit(entry, event);
+    }
+
+    /// Moves a job to a terminal status, once, with its event and webhook.
+    fn end(&self, entry: &JobEntry, status: JobStatus, error: Option<String>) {
+        let progress = lock(&entry.run)
+            .as_ref()
+            .map(|run| percent(run.progress()));
+        {
+            let record = lock(&entry.record);
+            if record.status.is_terminal() {
+                return;
+            }
+        }
+        self.update(entry, |r| {
+            r.status = status;
+            r.error = error;
+            if let Some(progress) = progress {
+                r.progress = progress;
+            }
+        });
+        self.emit(entry, status.as_str());
+        if status != JobStatus::Canceled {
+            self.notify_webhook(entry, status.as_str());
+        }
+    }
+
+    fn on_finished(&self, entry: &JobEntry, outcome: JobOutcome) {
+        match outcome {
+            JobOutcome::Done => self.end(entry, JobStatus::Done, None),
+            JobOutcome::Partial { reason } => self.end(entry, JobStatus::Partial, Some(reason)),
+            JobOutcome::Failed { reason } => self.end(entry, JobStatus::Failed, Some(reason)),
+            JobOutcome::Canceled => self.end(entry, JobStatus::Canceled, None),
+        }
+    }
+
+    fn notify_webhook(&self, entry: &JobEntry, event: &'static str) {
+        if let Some(url) = entry.record().spec.callback_url {
+            self.webhooks.deliver(url, event, self.view(entry));
+        }
+    }
+
+    fn on_worker_event(&self, event: WorkerEvent) {
+        let id = match &event {
+            WorkerEvent::UnitDone { job, .. }
+            | WorkerEvent::UnitFailed { job, .. }
+            | WorkerEvent::ThumbnailReady { job }
+            | WorkerEvent::Playable { job }
+            | WorkerEvent::Finished { job, .. } => *job,
+        };
+        let Some(entry) = self.entry(id) else {
+            return;
+        };
+        match event {
+            WorkerEvent::UnitDone { .. } => {
+                let Some(run) = lock(&entry.run).clone() else {
+                    return;
+                };
+                let step = (percent(run.progress()) / 2.0).floor() as u64;
+                if step > entry.progress_step.fetch_max(step, Ordering::Relaxed)
+                    && !entry.record().status.is_terminal()
+                {
+                    self.emit(&entry, "progress");
+                }
+            }
+            WorkerEvent::UnitFailed { .. } => {}
+            WorkerEvent::ThumbnailReady { .. } => {
+                if !entry.record().status.is_terminal() {
+                    self.emit(&entry, "thumbnail_ready");
+                }
+            }
+            WorkerEvent::Playable { .. } => {
+                if entry.record().status.is_terminal() {
+                    // Finished in the same breath: say it plays anyway.
+                    self.update(&entry, |r| r.playable = true);
+                    return;
+                }
+                self.update(&entry, |r| {
+                    r.playable = true;
+                    r.status = JobStatus::Playable;
+                });
+                self.emit(&entry, "playable");
+                self.notify_webhook(&entry, "playable");
+            }
+            WorkerEvent::Finished { outcome, .. } => self.on_finished(&entry, outcome),
+        }
+    }
+}
+
+/// Follows the worker's events for as long as the manager lives.
+async fn follow_worker(
+    manager: std::sync::Weak<JobManager>,
+    mut events: broadcast::Receiver<WorkerEvent>,
+) {
+    loop {
+        match events.recv().await {
+            Ok(event) => match manager.upgrade() {
+                Some(manager) => manager.on_worker_event(event),
+                None => return,
+            },
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!("job events lagged behind by {missed} worker events");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn percent((done, total): (usize, usize)) -> f64 {
+    if total == 0 {
+        return 100.0;
+    }
+    ((done as f64 / total as f64) * 1000.0).round() / 10.0
+}
+
+/// The unit that produces the file at `path` in a job folder, if any.
+pub fn unit_for_path(plan: &Plan, path: &str) -> Option<Unit> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let unit = match parts.as_slice() {
+        ["thumbnail.webp"] => Unit::Thumbnail,
+        ["audio", track, _] => Unit::Audio {
+            track: track.parse().ok()?,
+        },
+        [rendition, name] => {
+            let index = name.strip_prefix("seg_")?.strip_suffix(".ts")?.parse().ok()?;
+            Unit::Video {
+                rendition: rendition.to_string(),
+                index,
+            }
+        }
+        _ => return None,
+    };
+    plan.contains(&unit).then_some(unit)
+}
