@@ -28,6 +28,120 @@ pub struct Cli {
 pub enum Command {
     /// Transcode one source into an HLS ladder in OUT_DIR, on this machine.
     Transcode(TranscodeArgs),
+    /// Run a pod: the HTTP API, HLS files and metrics, encoding jobs.
+    Serve(ServeArgs),
+    /// Submit a job to a pod.
+    Submit(SubmitArgs),
+    /// Show a job's status.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "SEGSWARM_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Storage root shared by every pod (jobs/<id>/... below it).
+    #[arg(long, env = "SEGSWARM_STORAGE_DIR", default_value = "./segswarm-data")]
+    pub storage_dir: PathBuf,
+    /// Name of this pod in claims (default: the hostname).
+    #[arg(long, env = "SEGSWARM_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// ffmpeg batches run at once (default: number of cores).
+    #[arg(long, env = "SEGSWARM_SLOTS")]
+    pub slots: Option<usize>,
+    /// Lifetime of a claim without renewal, in milliseconds.
+    #[arg(long, env = "SEGSWARM_CLAIM_TTL_MS", default_value_t = 30_000)]
+    pub claim_ttl_ms: u64,
+    /// Attempts per unit before it fails for good.
+    #[arg(long, env = "SEGSWARM_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Wait before the first retry of a failed unit (doubles each time), ms.
+    #[arg(long, env = "SEGSWARM_RETRY_BACKOFF_MS", default_value_t = 1_000)]
+    pub retry_backoff_ms: u64,
+    /// An ffmpeg silent for this many seconds is killed and its unit retried.
+    #[arg(long, env = "SEGSWARM_STALL_TIMEOUT", default_value_t = 60)]
+    pub stall_timeout: u64,
+    /// Seconds a SIGTERM'd pod has to stop (match the orchestrator's grace).
+    #[arg(long, env = "SEGSWARM_SHUTDOWN_GRACE", default_value_t = 25)]
+    pub shutdown_grace: u64,
+    /// Require `Authorization: Bearer <token>` on /v1/*.
+    #[arg(long, env = "SEGSWARM_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Sign webhooks with HMAC-SHA256 using this secret.
+    #[arg(long, env = "SEGSWARM_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Folders local sources may come from, separated by `:` (none: local
+    /// paths are refused; URLs are always allowed).
+    #[arg(long, env = "SEGSWARM_SOURCE_ROOTS", value_delimiter = ':')]
+    pub source_roots: Vec<PathBuf>,
+    /// Folder whose new video files become jobs.
+    #[arg(long, env = "SEGSWARM_WATCH_DIR")]
+    pub watch_dir: Option<PathBuf>,
+    /// Poll the watch folder (1/true) instead of inotify; needed on NFS.
+    #[arg(long, env = "SEGSWARM_WATCH_POLL", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub watch_poll: bool,
+    /// Milliseconds a watched file must stop growing before it becomes a job.
+    #[arg(long, env = "SEGSWARM_WATCH_SETTLE_MS", default_value_t = 2_000)]
+    pub watch_settle_ms: u64,
+    /// Default ladder of jobs that do not give one.
+    #[arg(long, env = "SEGSWARM_LADDER", default_value = "240p,360p,480p,720p,1080p")]
+    pub ladder: String,
+    /// Default segment duration in seconds (2..=10).
+    #[arg(long, env = "SEGSWARM_SEGMENT_DURATION", default_value_t = segswarm::config::DEFAULT_SEGMENT_DURATION)]
+    pub segment_duration: u32,
+    /// x264 preset.
+    #[arg(long, env = "SEGSWARM_PRESET", default_value = "veryfast")]
+    pub preset: String,
+    /// Segments encoded ahead after an on-demand request.
+    #[arg(long, env = "SEGSWARM_PREFETCH_SEGMENTS", default_value_t = 3)]
+    pub prefetch_segments: usize,
+    /// Seconds an HTTP request for a missing segment may wait for it.
+    #[arg(long, env = "SEGSWARM_SEGMENT_WAIT", default_value_t = 120)]
+    pub segment_wait: u64,
+}
+
+/// Where the pod's API is and how to authenticate.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Base URL of a pod.
+    #[arg(long, env = "SEGSWARM_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Bearer token, when the pod requires one.
+    #[arg(long, env = "SEGSWARM_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// Source path (under the pod's SEGSWARM_SOURCE_ROOTS) or http(s) URL.
+    pub source: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Ladder, e.g. `240p,360p,720p`.
+    #[arg(long)]
+    pub ladder: Option<String>,
+    #[arg(long)]
+    pub segment_duration: Option<u32>,
+    #[arg(long)]
+    pub priority: Option<i32>,
+    /// `ingest` (encode everything now) or `on_demand`.
+    #[arg(long)]
+    pub mode: Option<String>,
+    #[arg(long)]
+    pub callback_url: Option<String>,
+    /// Follow the job's events until it ends.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Job id.
+    pub job: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Args, Debug)]
@@ -55,16 +169,65 @@ pub struct TranscodeArgs {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEGSWARM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
         Command::Transcode(args) => transcode(args).await,
+        Command::Serve(args) => serve(args).await,
+        Command::Submit(args) => crate::client::submit(args).await,
+        Command::Status(args) => crate::client::status(args).await,
     }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let defaults = EncodeSettings {
+        ladder: args.ladder.parse::<Ladder>().context("SEGSWARM_LADDER / --ladder")?,
+        segment_duration: validate_segment_duration(args.segment_duration)
+            .context("SEGSWARM_SEGMENT_DURATION / --segment-duration")?,
+        preset: validate_preset(&args.preset).context("SEGSWARM_PRESET / --preset")?,
+        ..EncodeSettings::default()
+    };
+    if args.max_attempts == 0 {
+        anyhow::bail!("SEGSWARM_MAX_ATTEMPTS must be at least 1");
+    }
+    let worker_id = match args.worker_id.filter(|id| !id.trim().is_empty()) {
+        Some(id) => id,
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_else(|| "segswarm".to_string()),
+    };
+    let config = segswarm::config::PodConfig {
+        listen: args.listen,
+        storage_dir: args.storage_dir,
+        worker_id,
+        slots: args.slots.unwrap_or_else(segswarm::worker::default_slots).max(1),
+        claim_ttl: Duration::from_millis(args.claim_ttl_ms.max(100)),
+        max_attempts: args.max_attempts,
+        retry_backoff: Duration::from_millis(args.retry_backoff_ms),
+        stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        api_token: args.api_token.filter(|t| !t.is_empty()),
+        webhook_secret: args.webhook_secret.filter(|s| !s.is_empty()),
+        source_roots: args.source_roots.into_iter().filter(|p| !p.as_os_str().is_empty()).collect(),
+        watch_dir: args.watch_dir,
+        watch_poll: args.watch_poll,
+        watch_settle: Duration::from_millis(args.watch_settle_ms),
+        defaults,
+        prefetch_segments: args.prefetch_segments,
+        segment_wait: Duration::from_secs(args.segment_wait.max(1)),
+    };
+    segswarm::pod::run(config).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn transcode(args: TranscodeArgs) -> anyhow::Result<ExitCode> {

@@ -6,6 +6,7 @@
 //! for the CLI and for the pod alike; nothing in the pipeline calls back into
 //! the worker or the binary.
 
+pub mod api;
 pub mod config;
 pub mod coord;
 pub mod encode;
@@ -14,10 +15,12 @@ pub mod hls;
 pub mod jobs;
 pub mod metrics;
 pub mod plan;
+pub mod pod;
 pub mod probe;
 pub mod source;
 pub mod storage;
 pub mod transcode;
+pub mod watch;
 pub mod webhook;
 pub mod worker;
 

@@ -2,6 +2,7 @@
 //! codes. Everything else lives in the library.
 
 mod cli;
+mod client;
 
 use clap::Parser;
 

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub http_request_seconds: HistogramVec,
     pub jobs: IntGaugeVec,
     pub ready: Gauge,
+    pub webhook_deliveries: IntCounterVec,
+    pub watch_jobs: IntCounter,
 }
 
 fn buckets_seconds() -> Vec<f64> {
@@ -102,6 +104,17 @@ impl Metrics {
             &["status"],
         )?;
         let ready = Gauge::new("segswarm_ready", "1 when the pod reports ready")?;
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "segswarm_webhook_deliveries_total",
+                "Webhook delivery attempts by result (delivered, retried, failed)",
+            ),
+            &["result"],
+        )?;
+        let watch_jobs = IntCounter::new(
+            "segswarm_watch_jobs_total",
+            "Jobs created from files in the watch folder",
+        )?;
         for collector in [
             Box::new(units_completed.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(units_failed.clone()),
@@ -116,6 +129,8 @@ impl Metrics {
             Box::new(http_request_seconds.clone()),
             Box::new(jobs.clone()),
             Box::new(ready.clone()),
+            Box::new(webhook_deliveries.clone()),
+            Box::new(watch_jobs.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -134,6 +149,8 @@ impl Metrics {
             http_request_seconds,
             jobs,
             ready,
+            webhook_deliveries,
+            watch_jobs,
         })
     }
 

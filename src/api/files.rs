@@ -1,0 +1,137 @@
+//! `/hls/{id}/...`: a job's HLS files, with the right content types, cache
+//! headers, Range support and CORS. A request for a planned file that does
+//! not exist yet makes it (on demand). Nothing outside the job's folder is
+//! reachable: names are checked, `.tmp` and dot files are refused, and the
+//! resolved path must stay inside the folder (symlinks).
+
+use super::{ApiError, AppState};
+use crate::worker::RequestError;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tower::ServiceExt;
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::services::ServeFile;
+
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+const NO_CACHE: &str = "no-cache";
+
+pub fn routes() -> Router<AppState> {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
+        .allow_headers([header::RANGE])
+        .expose_headers([
+            header::CONTENT_LENGTH,
+            header::CONTENT_RANGE,
+            header::ACCEPT_RANGES,
+        ]);
+    Router::new()
+        .route("/hls/{id}/{*path}", get(serve))
+        .layer(cors)
+}
+
+/// The content type of a servable file, or None if it may not be served.
+fn content_type(name: &str) -> Option<&'static str> {
+    match name.rsplit_once('.')?.1 {
+        "m3u8" => Some("application/vnd.apple.mpegurl"),
+        "ts" => Some("video/mp2t"),
+        "webp" => Some("image/webp"),
+        _ => None,
+    }
+}
+
+/// True for a relative path of plain names: no `..`, no dot files, no
+/// empty parts, no control characters.
+fn is_safe_path(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    parts.len() <= 3
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        })
+}
+
+async fn serve(
+    State(state): State<AppState>,
+    Path((id, path)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found("no such file");
+    let id = crate::JobId::parse_str(&id).map_err(|_| not_found())?;
+    let kind = content_type(&path).ok_or_else(not_found)?;
+    if !is_safe_path(&path) || !state.manager.knows(id) {
+        return Err(not_found());
+    }
+    let dir = state.manager.job_dir(id);
+    let file = dir.join(&path);
+    if !file.is_file() {
+        state
+            .manager
+            .ensure_file(id, &path)
+            .await
+            .map_err(|err| match err {
+                RequestError::NotRunning(_) | RequestError::NotPlanned(_) | RequestError::Canceled => {
+                    not_found()
+                }
+                RequestError::Timeout(_) => ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "not_ready",
+                    format!("{path} was not ready in time; try again"),
+                ),
+                RequestError::ShuttingDown => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the pod is shutting down; try another pod",
+                ),
+                RequestError::Failed { .. } => ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "encode_failed",
+                    err.to_string(),
+                ),
+            })?;
+    }
+    let inside = match (dir.canonicalize(), file.canonicalize()) {
+        (Ok(dir), Ok(file)) => file.starts_with(dir).then_some(file),
+        _ => None,
+    };
+    let file = inside.ok_or_else(not_found)?;
+    let mut response = ServeFile::new(&file)
+        .oneshot(request)
+        .await
+        .map_err(|err| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io_error", err.to_string())
+        })?
+        .map(Body::new);
+    let cache = if !path.ends_with(".m3u8") || state.manager.is_final(id) {
+        IMMUTABLE
+    } else {
+        NO_CACHE
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    Ok(response.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_checks() {
+        assert!(is_safe_path("240p/seg_00001.ts"));
+        assert!(is_safe_path("audio/0/index.m3u8"));
+        for bad in ["../x.ts", "240p/../../x.ts", ".tmp/a.ts", "a//b.ts", "/etc/passwd", "a\0.ts", "job.json/../x"] {
+            assert!(!is_safe_path(bad) || content_type(bad).is_none(), "{bad}");
+        }
+        assert_eq!(content_type("job.json"), None);
+        assert_eq!(content_type("status.json"), None);
+    }
+}

@@ -1,0 +1,170 @@
+//! A pod: `segswarm serve` wired together — storage, coordinator, worker,
+//! job manager, watch folder and HTTP server — and its graceful shutdown.
+//!
+//! Shutdown on SIGTERM or SIGINT: report not ready, stop taking jobs and
+//! units, kill every ffmpeg process group, give held claims back, end event
+//! streams, and exit within the configured grace period. Unfinished jobs stay
+//! `processing` on storage, so the next pod resumes them.
+
+use crate::api::{self, AppState, Health};
+use crate::config::PodConfig;
+use crate::coord::{Coordinator, LocalCoordinator};
+use crate::jobs::{JobManager, JobSettings};
+use crate::metrics::Metrics;
+use crate::storage::{Storage, StorageError};
+use crate::watch::{self, WatchError, WatchSettings};
+use crate::webhook::Webhooks;
+use crate::worker::{Worker, WorkerSettings};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+/// How often storage is checked for `/readyz`.
+const STORAGE_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a pod could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error(transparent)]
+    Ffmpeg(#[from] crate::ffmpeg::RunError),
+    #[error("storage folder is not usable: {0}")]
+    Storage(#[from] StorageError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs a pod until SIGTERM or SIGINT, then shuts it down gracefully.
+pub async fn run(config: PodConfig) -> Result<(), PodError> {
+    crate::ffmpeg::check_installed().await?;
+    let storage = Storage::new(&config.storage_dir);
+    storage.check_writable()?;
+    let metrics = Arc::new(Metrics::new()?);
+    let coord: Arc<dyn Coordinator> = Arc::new(LocalCoordinator::new(config.claim_ttl));
+    let worker = Arc::new(Worker::start(
+        WorkerSettings {
+            worker_id: config.worker_id.clone(),
+            slots: config.slots,
+            stall_timeout: config.stall_timeout,
+            max_attempts: config.max_attempts,
+            retry_backoff: config.retry_backoff,
+            held_recheck: Duration::from_secs(1),
+        },
+        coord,
+        metrics.clone(),
+    ));
+    let mut source_roots = config.source_roots.clone();
+    source_roots.extend(config.watch_dir.iter().cloned());
+    let manager = JobManager::start(
+        storage.clone(),
+        worker.clone(),
+        JobSettings {
+            defaults: config.defaults.clone(),
+            source_roots,
+            prefetch_segments: config.prefetch_segments,
+            segment_wait: config.segment_wait,
+        },
+        Webhooks::new(config.webhook_secret.clone(), metrics.webhook_deliveries.clone()),
+    );
+    let resumed = manager.resume_from_storage()?;
+    if resumed > 0 {
+        tracing::info!("resuming {resumed} unfinished job(s) from storage");
+    }
+    let shutdown = CancellationToken::new();
+    let health = Arc::new(Health::default());
+    tokio::spawn(watch_storage(storage.clone(), health.clone(), shutdown.clone()));
+    if let Some(dir) = &config.watch_dir {
+        watch::start(
+            WatchSettings {
+                dir: dir.clone(),
+                poll: config.watch_poll,
+                settle: config.watch_settle,
+                ledger_dir: storage.root().join("watch"),
+            },
+            manager.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )?;
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| PodError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().unwrap_or(config.listen);
+    let router = api::router(AppState {
+        manager: manager.clone(),
+        metrics,
+        api_token: config.api_token.clone(),
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let server = tokio::spawn(std::future::IntoFuture::into_future(
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()),
+    ));
+    tracing::info!(
+        worker_id = %config.worker_id,
+        storage = %config.storage_dir.display(),
+        "segswarm pod listening on http://{local_addr}"
+    );
+
+    let mut terminate = signal(SignalKind::terminate()).map_err(PodError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(PodError::Signals)?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+
+    let deadline = Instant::now() + config.shutdown_grace;
+    health.shutting_down.store(true, Ordering::Relaxed);
+    manager.begin_shutdown();
+    // Kill ffmpeg and release claims first: other pods can take the units
+    // while this one finishes its HTTP responses.
+    if tokio::time::timeout_at(deadline.into(), worker.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("worker did not stop within the grace period");
+    }
+    shutdown.cancel();
+    match tokio::time::timeout_at(deadline.into(), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => tracing::warn!("HTTP server: {err}"),
+        Ok(Err(err)) => tracing::warn!("HTTP server task: {err}"),
+        Err(_) => tracing::warn!("open HTTP connections cut at the end of the grace period"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Keeps `/readyz` honest about storage: a folder that cannot be written (a
+/// full disk, a lost mount) takes the pod out of rotation.
+async fn watch_storage(storage: Storage, health: Arc<Health>, stop: CancellationToken) {
+    loop {
+        let problem = match storage.check_writable() {
+            Ok(()) => None,
+            Err(err) if err.is_disk_full() => Some(format!("storage full: {err}")),
+            Err(err) => Some(format!("storage not writable: {err}")),
+        };
+        *health
+            .storage_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = problem;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(STORAGE_CHECK_EVERY) => {}
+        }
+    }
+}
