@@ -86,7 +86,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SEGSWARM_WATCH_SETTLE_MS", default_value_t = 2_000)]
     pub watch_settle_ms: u64,
     /// Default ladder of jobs that do not give one.
-    #[arg(long, env = "SEGSWARM_LADDER", default_value = "240p,360p,480p,720p,1080p")]
+    #[arg(
+        long,
+        env = "SEGSWARM_LADDER",
+        default_value = "240p,360p,480p,720p,1080p"
+    )]
     pub ladder: String,
     /// Default segment duration in seconds (2..=10).
     #[arg(long, env = "SEGSWARM_SEGMENT_DURATION", default_value_t = segswarm::config::DEFAULT_SEGMENT_DURATION)]
@@ -179,6 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Transcode(args) => transcode(args).await,
@@ -190,7 +195,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let defaults = EncodeSettings {
-        ladder: args.ladder.parse::<Ladder>().context("SEGSWARM_LADDER / --ladder")?,
+        ladder: args
+            .ladder
+            .parse::<Ladder>()
+            .context("SEGSWARM_LADDER / --ladder")?,
         segment_duration: validate_segment_duration(args.segment_duration)
             .context("SEGSWARM_SEGMENT_DURATION / --segment-duration")?,
         preset: validate_preset(&args.preset).context("SEGSWARM_PRESET / --preset")?,
@@ -210,7 +218,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         storage_dir: args.storage_dir,
         worker_id,
-        slots: args.slots.unwrap_or_else(segswarm::worker::default_slots).max(1),
+        slots: args
+            .slots
+            .unwrap_or_else(segswarm::worker::default_slots)
+            .max(1),
         claim_ttl: Duration::from_millis(args.claim_ttl_ms.max(100)),
         max_attempts: args.max_attempts,
         retry_backoff: Duration::from_millis(args.retry_backoff_ms),
@@ -218,7 +229,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         api_token: args.api_token.filter(|t| !t.is_empty()),
         webhook_secret: args.webhook_secret.filter(|s| !s.is_empty()),
-        source_roots: args.source_roots.into_iter().filter(|p| !p.as_os_str().is_empty()).collect(),
+        source_roots: args
+            .source_roots
+            .into_iter()
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
         watch_dir: args.watch_dir,
         watch_poll: args.watch_poll,
         watch_settle: Duration::from_millis(args.watch_settle_ms),

@@ -62,16 +62,27 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let id = job["id"].as_str().context("the pod answered without a job id")?;
+    let id = job["id"]
+        .as_str()
+        .context("the pod answered without a job id")?;
     follow(&client, &args.server, id).await
 }
 
 /// Prints a job's events until it ends; the exit code follows its status.
-async fn follow(client: &reqwest::Client, server: &ServerArgs, id: &str) -> anyhow::Result<ExitCode> {
-    let response = request(client, reqwest::Method::GET, server, &format!("/v1/jobs/{id}/events"))
-        .send()
-        .await
-        .context("following job events")?;
+async fn follow(
+    client: &reqwest::Client,
+    server: &ServerArgs,
+    id: &str,
+) -> anyhow::Result<ExitCode> {
+    let response = request(
+        client,
+        reqwest::Method::GET,
+        server,
+        &format!("/v1/jobs/{id}/events"),
+    )
+    .send()
+    .await
+    .context("following job events")?;
     if !response.status().is_success() {
         json_of(response).await?;
         anyhow::bail!("the event stream ended at once");
@@ -80,7 +91,9 @@ async fn follow(client: &reqwest::Client, server: &ServerArgs, id: &str) -> anyh
     let mut buffer = String::new();
     let mut last_event = String::new();
     while let Some(chunk) = stream.next().await {
-        buffer.push_str(&String::from_utf8_lossy(&chunk.context("reading job events")?));
+        buffer.push_str(&String::from_utf8_lossy(
+            &chunk.context("reading job events")?,
+        ));
         while let Some(end) = buffer.find("\n\n") {
             let block: String = buffer.drain(..end + 2).collect();
             let mut event = "";
@@ -114,10 +127,15 @@ async fn follow(client: &reqwest::Client, server: &ServerArgs, id: &str) -> anyh
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = reqwest::Client::new();
-    let response = request(&client, reqwest::Method::GET, &args.server, &format!("/v1/jobs/{}", args.job))
-        .send()
-        .await
-        .with_context(|| format!("connecting to {}", args.server.server))?;
+    let response = request(
+        &client,
+        reqwest::Method::GET,
+        &args.server,
+        &format!("/v1/jobs/{}", args.job),
+    )
+    .send()
+    .await
+    .with_context(|| format!("connecting to {}", args.server.server))?;
     let job = json_of(response).await?;
     println!("{}", serde_json::to_string_pretty(&job)?);
     Ok(ExitCode::SUCCESS)

@@ -167,7 +167,7 @@ impl Ladder {
         Ok(Ladder(rungs))
     }
 
-    fn validate(rungs: &mut Vec<Rung>) -> Result<(), ConfigError> {
+    fn validate(rungs: &mut [Rung]) -> Result<(), ConfigError> {
         if rungs.is_empty() {
             return Err(ConfigError::EmptyLadder);
         }

@@ -79,6 +79,7 @@ pub async fn run_ffmpeg(args: Vec<OsString>, control: RunControl) -> Result<(), 
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    die_with_parent(&mut command);
     let mut child = command
         .spawn()
         .map_err(|source| spawn_error(PROGRAM, source))?;
@@ -166,6 +167,7 @@ pub async fn run_ffprobe(args: Vec<OsString>, timeout: Duration) -> Result<Vec<u
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    die_with_parent(&mut command);
     let child = command
         .spawn()
         .map_err(|source| spawn_error(PROGRAM, source))?;
@@ -188,6 +190,19 @@ pub async fn run_ffprobe(args: Vec<OsString>, timeout: Duration) -> Result<Vec<u
             status: output.status,
             stderr: tail(&output.stderr),
         }),
+    }
+}
+
+/// Asks the kernel to SIGKILL the child when this process dies, so a pod
+/// killed with SIGKILL leaves no ffmpeg behind (its own process group would
+/// otherwise survive it).
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls prctl(2), which is async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
     }
 }
 

@@ -123,9 +123,8 @@ impl Packager {
                 listed.push(rendition.name.clone());
             }
         }
-        let audio_ready = self.plan.audio.is_empty()
-            || availability.audio_done
-            || self.listing == Listing::Full;
+        let audio_ready =
+            self.plan.audio.is_empty() || availability.audio_done || self.listing == Listing::Full;
         if listed.is_empty() || !audio_ready {
             return Ok(false);
         }

@@ -241,8 +241,7 @@ fn now_ms() -> u64 {
 }
 
 fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-        .to_string()
+    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// Settings of the manager that come from the pod's configuration.
@@ -463,7 +462,12 @@ impl JobManager {
     }
 
     /// Jobs newest first, optionally of one status; returns (page, total).
-    pub fn list(&self, status: Option<JobStatus>, offset: usize, limit: usize) -> (Vec<JobView>, usize) {
+    pub fn list(
+        &self,
+        status: Option<JobStatus>,
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<JobView>, usize) {
         let mut entries: Vec<Arc<JobEntry>> = self
             .jobs
             .read()
@@ -554,7 +558,9 @@ impl JobManager {
     /// exist if it is a planned output, encoding it now if needed.
     pub async fn ensure_file(&self, id: JobId, path: &str) -> Result<(), RequestError> {
         let entry = self.entry(id).ok_or(RequestError::NotRunning(id))?;
-        let plan = lock(&entry.plan).clone().ok_or(RequestError::NotRunning(id))?;
+        let plan = lock(&entry.plan)
+            .clone()
+            .ok_or(RequestError::NotRunning(id))?;
         let unit = unit_for_path(&plan, path).ok_or_else(|| {
             RequestError::NotPlanned(Unit::Video {
                 rendition: path.to_string(),
@@ -562,7 +568,12 @@ impl JobManager {
             })
         })?;
         self.worker
-            .request(id, &unit, self.settings.prefetch_segments, self.settings.segment_wait)
+            .request(
+                id,
+                &unit,
+                self.settings.prefetch_segments,
+                self.settings.segment_wait,
+            )
             .await
     }
 
@@ -630,7 +641,14 @@ impl JobManager {
             source: record.spec.source.to_string(),
             mode: record.spec.mode,
             priority: record.spec.priority,
-            ladder: record.spec.settings.ladder.0.iter().map(|r| r.name()).collect(),
+            ladder: record
+                .spec
+                .settings
+                .ladder
+                .0
+                .iter()
+                .map(|r| r.name())
+                .collect(),
             segment_duration: record.spec.settings.segment_duration,
             callback_url: record.spec.callback_url.clone(),
             created_at: rfc3339(record.created_at_ms),
@@ -688,9 +706,7 @@ impl JobManager {
 
     /// Moves a job to a terminal status, once, with its event and webhook.
     fn end(&self, entry: &JobEntry, status: JobStatus, error: Option<String>) {
-        let progress = lock(&entry.run)
-            .as_ref()
-            .map(|run| percent(run.progress()));
+        let progress = lock(&entry.run).as_ref().map(|run| percent(run.progress()));
         {
             let record = lock(&entry.record);
             if record.status.is_terminal() {
@@ -807,7 +823,11 @@ pub fn unit_for_path(plan: &Plan, path: &str) -> Option<Unit> {
             track: track.parse().ok()?,
         },
         [rendition, name] => {
-            let index = name.strip_prefix("seg_")?.strip_suffix(".ts")?.parse().ok()?;
+            let index = name
+                .strip_prefix("seg_")?
+                .strip_suffix(".ts")?
+                .parse()
+                .ok()?;
             Unit::Video {
                 rendition: rendition.to_string(),
                 index,

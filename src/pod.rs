@@ -74,7 +74,10 @@ pub async fn run(config: PodConfig) -> Result<(), PodError> {
             prefetch_segments: config.prefetch_segments,
             segment_wait: config.segment_wait,
         },
-        Webhooks::new(config.webhook_secret.clone(), metrics.webhook_deliveries.clone()),
+        Webhooks::new(
+            config.webhook_secret.clone(),
+            metrics.webhook_deliveries.clone(),
+        ),
     );
     let resumed = manager.resume_from_storage()?;
     if resumed > 0 {
@@ -82,7 +85,11 @@ pub async fn run(config: PodConfig) -> Result<(), PodError> {
     }
     let shutdown = CancellationToken::new();
     let health = Arc::new(Health::default());
-    tokio::spawn(watch_storage(storage.clone(), health.clone(), shutdown.clone()));
+    tokio::spawn(watch_storage(
+        storage.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     if let Some(dir) = &config.watch_dir {
         watch::start(
             WatchSettings {

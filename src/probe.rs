@@ -27,6 +27,14 @@ pub enum ProbeError {
     NoVideo(String),
     #[error("source {0}: the video stream has no frames (truncated or corrupt?)")]
     NoFrames(String),
+    #[error(
+        "source {source_name}: truncated: the index needs {needed} bytes but the file has {actual}"
+    )]
+    Truncated {
+        source_name: String,
+        needed: u64,
+        actual: u64,
+    },
     #[error("source {source_name}: video size {width}x{height} is not supported (at most {MAX_DIMENSION} per side)")]
     BadDimensions {
         source_name: String,
@@ -135,7 +143,7 @@ pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
                 "-select_streams",
                 &index,
                 "-show_entries",
-                "packet=pts_time,dts_time,duration_time,flags",
+                "packet=pts_time,dts_time,duration_time,flags,pos,size",
                 "-of",
                 "compact=p=0",
             ],
@@ -147,6 +155,19 @@ pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
     let (frame_times, last_frame_duration) = parse_packets(&packets);
     if frame_times.is_empty() {
         return Err(ProbeError::NoFrames(source_name));
+    }
+    // A container whose index is at the front (faststart mp4) lists packets
+    // that a cut-off upload no longer holds; ffprobe does not notice.
+    if let Source::File(path) = source {
+        let needed = packets_end(&packets);
+        let actual = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+        if needed > actual {
+            return Err(ProbeError::Truncated {
+                source_name,
+                needed,
+                actual,
+            });
+        }
     }
     info.video.frame_times = frame_times;
     info.video.last_frame_duration = last_frame_duration;
@@ -357,6 +378,26 @@ fn parse_packets(output: &[u8]) -> (Vec<f64>, f64) {
     (frame_times, last_duration)
 }
 
+/// The byte offset just past the last packet of the video stream.
+fn packets_end(output: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(output);
+    text.lines()
+        .filter_map(|line| {
+            let mut pos = None;
+            let mut size = None;
+            for field in line.split('|') {
+                match field.split_once('=') {
+                    Some(("pos", value)) => pos = value.parse::<u64>().ok(),
+                    Some(("size", value)) => size = value.parse::<u64>().ok(),
+                    _ => {}
+                }
+            }
+            Some(pos? + size?)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 fn median_interval(times: &[f64]) -> Option<f64> {
     let mut gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
     if gaps.is_empty() {
@@ -378,6 +419,10 @@ pts_time=0.033333|dts_time=0.000000|duration_time=0.033333|flags=__\n\
 pts_time=0.066667|dts_time=0.033333|duration_time=0.033333|flags=_D\n";
         let (times, last) = parse_packets(out);
         assert_eq!(times, vec![0.0, 0.033333, 0.1]);
+        assert_eq!(
+            packets_end(b"pts_time=0|pos=48|size=100\npts_time=1|pos=N/A|size=5\n"),
+            148
+        );
         assert!((last - 0.033333).abs() < 1e-9);
     }
 

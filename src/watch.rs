@@ -30,7 +30,10 @@ pub enum WatchError {
     #[error("watching {dir}: {source}")]
     Notify { dir: PathBuf, source: notify::Error },
     #[error("creating {dir}: {source}")]
-    Io { dir: PathBuf, source: std::io::Error },
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Settings of the watch folder.
@@ -166,9 +169,8 @@ fn is_video(path: &Path) -> bool {
     if name.starts_with('.') {
         return false; // hidden and partial-upload files
     }
-    name.rsplit_once('.').is_some_and(|(_, ext)| {
-        VIDEO_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
-    })
+    name.rsplit_once('.')
+        .is_some_and(|(_, ext)| VIDEO_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
 }
 
 /// Submits a settled file unless the ledger says it already became a job.
@@ -188,10 +190,18 @@ fn submit_once(
     hasher.update(path.as_os_str().as_encoded_bytes());
     hasher.update(size.to_le_bytes());
     hasher.update(stamp.to_le_bytes());
-    let key: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let key: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let marker = settings.ledger_dir.join(key);
     // create_new: if two pods share the folder and storage, one wins.
-    match std::fs::OpenOptions::new().write(true).create_new(true).open(&marker) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+    {
         Ok(_) => {}
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => return,
         Err(err) => {

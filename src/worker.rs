@@ -566,10 +566,7 @@ impl Shared {
             if job.cancel.is_cancelled() {
                 continue;
             }
-            loop {
-                let Some(units) = reserve_next(&job) else {
-                    break;
-                };
+            while let Some(units) = reserve_next(&job) {
                 if let Some(claimed) = self.claim(&job, units).await {
                     return Some(claimed);
                 }
@@ -957,9 +954,28 @@ fn reserve_next(job: &JobRun) -> Option<Vec<Unit>> {
         state.cursor += 1;
     }
     let ready = |state: &RunState, unit: &Unit| matches!(state.units.get(unit), Some(UnitState::Pending { not_before }) if *not_before <= now);
+    // Prefetched units come first and alone: they exist for latency.
+    let RunState { units, wanted, .. } = &mut *state;
+    wanted.retain(|unit| {
+        matches!(
+            units.get(unit),
+            Some(UnitState::Pending { .. } | UnitState::Running)
+        )
+    });
+    if let Some(unit) = state
+        .wanted
+        .iter()
+        .find(|unit| ready(&state, unit))
+        .cloned()
+    {
+        state.wanted.remove(&unit);
+        state.units.insert(unit.clone(), UnitState::Running);
+        return Some(vec![unit]);
+    }
+    let eager = job.options.eager_video;
     let first = state.order[state.cursor..]
         .iter()
-        .find(|unit| ready(&state, unit))?
+        .find(|unit| (eager || !matches!(unit, Unit::Video { .. })) && ready(&state, unit))?
         .clone();
     let units = match &first {
         Unit::Video { index, .. } => job

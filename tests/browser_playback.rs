@@ -17,7 +17,9 @@ fn browser_dir() -> PathBuf {
 fn ensure_node_modules() {
     let dir = browser_dir();
     if dir.join("node_modules/hls.js/dist/hls.min.js").is_file()
-        && dir.join("node_modules/playwright-core/package.json").is_file()
+        && dir
+            .join("node_modules/playwright-core/package.json")
+            .is_file()
     {
         return;
     }
@@ -45,7 +47,14 @@ fn chromium_plays_the_package_to_the_end() {
     assert_transcode_ok(&run_transcode(
         &source,
         &out,
-        &["--segment-duration", "2", "--ladder", "240p", "--preset", "ultrafast"],
+        &[
+            "--segment-duration",
+            "2",
+            "--ladder",
+            "240p",
+            "--preset",
+            "ultrafast",
+        ],
     ));
     validate_hls(&out, &source);
 

@@ -118,6 +118,7 @@ fn sigkill_then_rerun_resumes() {
     let (n, rest) = skipped
         .split_once(" of ")
         .unwrap_or_else(|| panic!("bad resume line: {skipped}"));
+    eprintln!("resume: skipped {skipped}");
     let n: usize = n.trim().parse().expect("N in `resume: skipped N of M`");
     let m: usize = rest
         .split_whitespace()
@@ -144,4 +145,36 @@ fn sigkill_then_rerun_resumes() {
     let report = validate_hls(&out, &source);
     assert_eq!(report.rendition_names(), ["240p", "360p"]);
     assert_eq!(report.rendition("240p").segments, 6);
+}
+
+/// The orphan check above must be able to fail: it finds a live ffmpeg by a
+/// path on its command line, and stops finding it once it is gone.
+#[test]
+fn orphan_scan_sees_a_running_ffmpeg() {
+    let dir = TestDir::new("orphan-scan");
+    let marker = dir.join("marker-output.nut");
+    let mut ffmpeg = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-re", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=64x64:rate=5:duration=60")
+        .args(["-f", "nut"])
+        .arg(&marker)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ffmpeg");
+    let needle = dir.path().to_string_lossy().into_owned();
+    let seen = wait_until(Duration::from_secs(10), || {
+        !ffmpeg_processes_mentioning(&needle).is_empty()
+    });
+    ffmpeg.kill().expect("kill ffmpeg");
+    ffmpeg.wait().expect("wait ffmpeg");
+    assert!(
+        seen,
+        "the scan did not find ffmpeg writing {}",
+        marker.display()
+    );
+    assert!(
+        ffmpeg_processes_mentioning(&needle).is_empty(),
+        "the scan still finds a reaped ffmpeg"
+    );
 }

@@ -5,7 +5,9 @@ mod common;
 
 use std::fs;
 
-use common::{assert_transcode_ok, gen_clip, run_transcode, validate_hls, ClipSpec, HlsReport, TestDir};
+use common::{
+    assert_transcode_ok, gen_clip, run_transcode, validate_hls, ClipSpec, HlsReport, TestDir,
+};
 
 /// Fast settings for tests where the encoder's quality does not matter.
 const FAST: &[&str] = &[
@@ -19,7 +21,12 @@ const FAST: &[&str] = &[
 
 /// Generates `spec`, transcodes it with `args`, validates the output and
 /// checks the renditions are exactly `renditions`.
-fn transcode_and_validate(label: &str, spec: &ClipSpec, args: &[&str], renditions: &[&str]) -> HlsReport {
+fn transcode_and_validate(
+    label: &str,
+    spec: &ClipSpec,
+    args: &[&str],
+    renditions: &[&str],
+) -> HlsReport {
     let dir = TestDir::new(label);
     let source = dir.join("source.mp4");
     gen_clip(&source, spec);
@@ -78,7 +85,12 @@ fn ntsc_29_97fps() {
 
 #[test]
 fn pal_25fps() {
-    transcode_and_validate("pal", &ClipSpec::new(5.0).fps("25"), FAST, &["144p", "240p"]);
+    transcode_and_validate(
+        "pal",
+        &ClipSpec::new(5.0).fps("25"),
+        FAST,
+        &["144p", "240p"],
+    );
 }
 
 #[test]
@@ -115,7 +127,11 @@ fn two_audio_tracks() {
         .iter()
         .map(|a| a.language.as_deref())
         .collect();
-    assert_eq!(languages, [Some("eng"), Some("fra")], "EXT-X-MEDIA languages");
+    assert_eq!(
+        languages,
+        [Some("eng"), Some("fra")],
+        "EXT-X-MEDIA languages"
+    );
     let indexes: Vec<usize> = dir_report.audio_tracks.iter().map(|t| t.index).collect();
     assert_eq!(indexes, [0, 1]);
     assert_eq!(
@@ -153,7 +169,10 @@ fn rotated_90() {
     );
     let r = report.rendition("240p");
     assert_eq!(r.width, 240, "portrait 240p should be 240 wide: {r:?}");
-    assert!((426..=428).contains(&r.height), "portrait 240p height: {r:?}");
+    assert!(
+        (426..=428).contains(&r.height),
+        "portrait 240p height: {r:?}"
+    );
 }
 
 #[test]
@@ -183,7 +202,14 @@ fn shorter_than_one_segment() {
     let report = transcode_and_validate(
         "short",
         &ClipSpec::new(1.5),
-        &["--segment-duration", "6", "--ladder", "144p,240p", "--preset", "ultrafast"],
+        &[
+            "--segment-duration",
+            "6",
+            "--ladder",
+            "144p,240p",
+            "--preset",
+            "ultrafast",
+        ],
         &["144p", "240p"],
     );
     for r in &report.renditions {

@@ -48,9 +48,19 @@ fn reference_package(source: &Path, out: &Path, rungs: &[u32], audio_tracks: usi
                 .args(["-nostdin", "-v", "error", "-y", "-i"])
                 .arg(source)
                 .args(["-map", "0:v:0", "-an", "-vf", &short_side_scale(*rung)])
-                .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
+                .args([
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    "-pix_fmt",
+                    "yuv420p",
+                ])
                 .args(["-fps_mode", "passthrough"])
-                .args(["-force_key_frames", &format!("expr:gte(t,n_forced*{SEGMENT})")])
+                .args([
+                    "-force_key_frames",
+                    &format!("expr:gte(t,n_forced*{SEGMENT})"),
+                ])
                 .args(hls_args(&dir)),
         );
         fix_extinf(&dir.join("index.m3u8"), source);
@@ -62,7 +72,10 @@ fn reference_package(source: &Path, out: &Path, rungs: &[u32], audio_tracks: usi
             &["-show_entries", "stream=width,height"],
             &dir.join("seg_00000.ts"),
         );
-        let (w, h) = (&probe["streams"][0]["width"], &probe["streams"][0]["height"]);
+        let (w, h) = (
+            &probe["streams"][0]["width"],
+            &probe["streams"][0]["height"],
+        );
         let audio = if audio_tracks > 0 {
             ",AUDIO=\"aud\""
         } else {
@@ -158,7 +171,11 @@ fn rejection(out: &Path, source: &Path) -> String {
     }
 }
 
-fn clip_and_package(dir: &TestDir, spec: &ClipSpec, rungs: &[u32]) -> (std::path::PathBuf, std::path::PathBuf) {
+fn clip_and_package(
+    dir: &TestDir,
+    spec: &ClipSpec,
+    rungs: &[u32],
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let source = dir.join("source.mp4");
     gen_clip(&source, spec);
     let out = dir.join("hls");
@@ -174,7 +191,10 @@ fn accepts_a_correct_ffmpeg_package() {
     let report = validate_hls(&out, &source);
     assert_eq!(report.rendition_names(), ["144p", "240p"]);
     assert_eq!(
-        (report.rendition("240p").width, report.rendition("240p").height),
+        (
+            report.rendition("240p").width,
+            report.rendition("240p").height
+        ),
         (426, 240)
     );
     assert_eq!(report.rendition("144p").segments, 3);
@@ -204,7 +224,16 @@ fn rejects_a_gap_between_segments() {
         Command::new("ffmpeg")
             .args(["-nostdin", "-v", "error", "-y", "-copyts", "-i"])
             .arg(&seg)
-            .args(["-c", "copy", "-output_ts_offset", "0.1", "-muxdelay", "0", "-muxpreload", "0"])
+            .args([
+                "-c",
+                "copy",
+                "-output_ts_offset",
+                "0.1",
+                "-muxdelay",
+                "0",
+                "-muxpreload",
+                "0",
+            ])
             .arg(&shifted),
     );
     fs::rename(&shifted, &seg).unwrap();
@@ -226,14 +255,32 @@ fn rejects_a_segment_not_starting_with_a_keyframe() {
         Command::new("ffmpeg")
             .args(["-nostdin", "-v", "error", "-y", "-i"])
             .arg(&source)
-            .args(["-an", "-vf", "scale=-2:144", "-c:v", "libx264", "-preset", "ultrafast"])
+            .args([
+                "-an",
+                "-vf",
+                "scale=-2:144",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+            ])
             .args(["-g", "1000"])
-            .args(["-f", "segment", "-segment_time", "2", "-break_non_keyframes", "1"])
+            .args([
+                "-f",
+                "segment",
+                "-segment_time",
+                "2",
+                "-break_non_keyframes",
+                "1",
+            ])
             .args(["-segment_format", "mpegts"])
             .arg(rendition.join("seg_%05d.ts")),
     );
     let msg = rejection(&out, &source);
-    assert!(msg.contains("seg_00001.ts: first packet is not a keyframe"), "{msg}");
+    assert!(
+        msg.contains("seg_00001.ts: first packet is not a keyframe"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -248,7 +295,16 @@ fn rejects_a_dropped_frame() {
         Command::new("ffmpeg")
             .args(["-nostdin", "-v", "error", "-y", "-copyts", "-i"])
             .arg(&seg)
-            .args(["-c", "copy", "-frames:v", "59", "-muxdelay", "0", "-muxpreload", "0"])
+            .args([
+                "-c",
+                "copy",
+                "-frames:v",
+                "59",
+                "-muxdelay",
+                "0",
+                "-muxpreload",
+                "0",
+            ])
             .arg(&cut),
     );
     fs::rename(&cut, &seg).unwrap();

@@ -77,9 +77,9 @@ async fn serve(
             .ensure_file(id, &path)
             .await
             .map_err(|err| match err {
-                RequestError::NotRunning(_) | RequestError::NotPlanned(_) | RequestError::Canceled => {
-                    not_found()
-                }
+                RequestError::NotRunning(_)
+                | RequestError::NotPlanned(_)
+                | RequestError::Canceled => not_found(),
                 RequestError::Timeout(_) => ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "not_ready",
@@ -90,11 +90,9 @@ async fn serve(
                     "shutting_down",
                     "the pod is shutting down; try another pod",
                 ),
-                RequestError::Failed { .. } => ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "encode_failed",
-                    err.to_string(),
-                ),
+                RequestError::Failed { .. } => {
+                    ApiError::new(StatusCode::BAD_GATEWAY, "encode_failed", err.to_string())
+                }
             })?;
     }
     let inside = match (dir.canonicalize(), file.canonicalize()) {
@@ -106,7 +104,11 @@ async fn serve(
         .oneshot(request)
         .await
         .map_err(|err| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io_error", err.to_string())
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "io_error",
+                err.to_string(),
+            )
         })?
         .map(Body::new);
     let cache = if !path.ends_with(".m3u8") || state.manager.is_final(id) {
@@ -128,7 +130,15 @@ mod tests {
     fn path_checks() {
         assert!(is_safe_path("240p/seg_00001.ts"));
         assert!(is_safe_path("audio/0/index.m3u8"));
-        for bad in ["../x.ts", "240p/../../x.ts", ".tmp/a.ts", "a//b.ts", "/etc/passwd", "a\0.ts", "job.json/../x"] {
+        for bad in [
+            "../x.ts",
+            "240p/../../x.ts",
+            ".tmp/a.ts",
+            "a//b.ts",
+            "/etc/passwd",
+            "a\0.ts",
+            "job.json/../x",
+        ] {
             assert!(!is_safe_path(bad) || content_type(bad).is_none(), "{bad}");
         }
         assert_eq!(content_type("job.json"), None);

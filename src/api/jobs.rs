@@ -50,15 +50,21 @@ async fn submit(
                 format!("request body is larger than {MAX_BODY_BYTES} bytes"),
             )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", rejection.body_text())
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                rejection.body_text(),
+            )
         }
     })?;
     let request: SubmitRequest = serde_json::from_slice(&body).map_err(|err| {
         use serde_json::error::Category;
         match err.classify() {
-            Category::Data => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", err.to_string())
-            }
+            Category::Data => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                err.to_string(),
+            ),
             _ => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",

@@ -104,13 +104,19 @@ impl From<JobError> for ApiError {
             JobError::Source(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_source", message)
             }
-            JobError::Config(_) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_settings", message)
+            JobError::Config(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_settings",
+                message,
+            ),
+            JobError::BadCallback => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_callback_url",
+                message,
+            ),
+            JobError::AlreadyEnded { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
-            JobError::BadCallback => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_callback_url", message)
-            }
-            JobError::AlreadyEnded { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", message),
             JobError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
@@ -123,15 +129,18 @@ impl From<JobError> for ApiError {
 
 /// The whole router of a pod.
 pub fn router(state: AppState) -> Router {
-    let api = jobs::routes()
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let api =
+        jobs::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(api)
         .merge(files::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route_layer(middleware::from_fn_with_state(state.clone(), track_requests))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            track_requests,
+        ))
         .fallback(not_found)
         .with_state(state)
 }

@@ -133,9 +133,15 @@ pub fn validate_hls(out_dir: &Path, source: &Path) -> HlsReport {
             .codecs
             .clone()
             .unwrap_or_else(|| panic!("{ctx}: no CODECS"));
-        assert!(codecs.contains("avc1."), "{ctx}: CODECS={codecs} lacks avc1");
+        assert!(
+            codecs.contains("avc1."),
+            "{ctx}: CODECS={codecs} lacks avc1"
+        );
         if has_audio {
-            assert!(codecs.contains("mp4a."), "{ctx}: CODECS={codecs} lacks mp4a");
+            assert!(
+                codecs.contains("mp4a."),
+                "{ctx}: CODECS={codecs} lacks mp4a"
+            );
             assert_eq!(
                 variant.audio.as_deref(),
                 Some("aud"),
@@ -206,8 +212,7 @@ pub fn validate_hls(out_dir: &Path, source: &Path) -> HlsReport {
 
 fn check_job_json(out_dir: &Path) {
     let path = out_dir.join("job.json");
-    let text =
-        fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let job: Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", path.display()));
     assert!(job.is_object(), "{} is not a JSON object", path.display());
@@ -216,10 +221,7 @@ fn check_job_json(out_dir: &Path) {
 fn check_thumbnail(out_dir: &Path) {
     let path = out_dir.join("thumbnail.webp");
     assert!(path.is_file(), "{} is missing", path.display());
-    let probe = ffprobe_json(
-        &["-show_entries", "stream=codec_name,width,height"],
-        &path,
-    );
+    let probe = ffprobe_json(&["-show_entries", "stream=codec_name,width,height"], &path);
     let stream = &probe["streams"][0];
     assert_eq!(
         stream["codec_name"],
@@ -265,11 +267,7 @@ fn check_media_playlist(path: &Path) -> (MediaPlaylist, Vec<PathBuf>) {
     let dir = path.parent().expect("playlist has a parent dir");
     let mut listed = Vec::new();
     for (k, seg) in playlist.segments.iter().enumerate() {
-        assert_eq!(
-            seg.uri,
-            format!("seg_{k:05}.ts"),
-            "{ctx}: segment {k} URI"
-        );
+        assert_eq!(seg.uri, format!("seg_{k:05}.ts"), "{ctx}: segment {k} URI");
         assert!(
             seg.duration > 0.0,
             "{ctx}: segment {k} EXTINF {}",
@@ -305,7 +303,11 @@ struct OutFrame {
     duration: f64,
 }
 
-fn check_video_rendition(name: &str, playlist_path: &Path, source: &SourceMedia) -> RenditionReport {
+fn check_video_rendition(
+    name: &str,
+    playlist_path: &Path,
+    source: &SourceMedia,
+) -> RenditionReport {
     let (playlist, segments) = check_media_playlist(playlist_path);
     let ctx = format!("rendition {name}");
 
@@ -319,7 +321,7 @@ fn check_video_rendition(name: &str, playlist_path: &Path, source: &SourceMedia)
                 "-select_streams",
                 "v:0",
                 "-show_entries",
-                "stream=codec_name,pix_fmt,width,height:packet=pts_time,duration_time,flags",
+                "stream=codec_name,pix_fmt,width,height:packet=pts_time,dts_time,duration_time,flags",
             ],
             seg,
         );
@@ -377,6 +379,14 @@ fn check_video_rendition(name: &str, playlist_path: &Path, source: &SourceMedia)
                 "{sctx}: two frames share pts {}",
                 pair[0].pts
             );
+        }
+        // The fixed timestamp base keeps every DTS positive (a negative DTS
+        // in segment 0 is what leaving the base out looks like).
+        if let Some(p) = packets
+            .iter()
+            .find(|p| num(p, "dts_time").is_some_and(|d| d < 0.0))
+        {
+            panic!("{sctx}: negative DTS: {p}");
         }
         per_segment.push(seg_frames.len());
         frames.extend(seg_frames);
@@ -531,7 +541,9 @@ fn measured_bitrates(playlist_path: &Path) -> (f64, f64) {
     let mut bytes = 0u64;
     let mut seconds = 0.0f64;
     for seg in &playlist.segments {
-        let size = fs::metadata(dir.join(&seg.uri)).map(|m| m.len()).unwrap_or(0);
+        let size = fs::metadata(dir.join(&seg.uri))
+            .map(|m| m.len())
+            .unwrap_or(0);
         bytes += size;
         seconds += seg.duration as f64;
         peak = peak.max(size as f64 * 8.0 / seg.duration as f64);
@@ -597,26 +609,58 @@ fn check_audio_tracks(
 
         let playlist_path = out_dir.join(&uri);
         let (playlist, segments) = check_media_playlist(&playlist_path);
-        let mut start = f64::INFINITY;
-        let mut end = f64::NEG_INFINITY;
-        let mut prev_end: Option<f64> = None;
-        for (k, seg) in segments.iter().enumerate() {
+        // The codec of the whole rendition, through ffmpeg's HLS demuxer: a
+        // tiny last segment (a few packets) is too short for ffprobe to
+        // identify on its own.
+        let rendition = ffprobe_json(
+            &[
+                "-allowed_extensions",
+                "ALL",
+                "-show_entries",
+                "stream=codec_name",
+            ],
+            &playlist_path,
+        );
+        assert_eq!(
+            rendition["streams"][0]["codec_name"], "aac",
+            "{uri}: audio codec"
+        );
+        // Packets per segment: (pts, duration if known).
+        let mut per_segment: Vec<Vec<(f64, Option<f64>)>> = Vec::new();
+        for seg in &segments {
             let probe = ffprobe_json(
                 &[
                     "-select_streams",
                     "a:0",
                     "-show_entries",
-                    "stream=codec_name:packet=pts_time,duration_time",
+                    "packet=pts_time,duration_time",
                 ],
                 seg,
             );
-            assert_eq!(
-                probe["streams"][0]["codec_name"],
-                "aac",
-                "{}: audio codec",
-                seg.display()
-            );
-            let (s, e) = packet_span(&probe);
+            let packets: Vec<(f64, Option<f64>)> = probe["packets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((num(p, "pts_time")?, num(p, "duration_time"))))
+                .collect();
+            assert!(!packets.is_empty(), "{}: no audio packets", seg.display());
+            per_segment.push(packets);
+        }
+        // AAC frames all last the same; use that where ffprobe has none.
+        let frame = per_segment
+            .iter()
+            .flatten()
+            .find_map(|(_, d)| *d)
+            .unwrap_or_else(|| panic!("{uri}: no audio packet has a duration"));
+        let mut start = f64::INFINITY;
+        let mut end = f64::NEG_INFINITY;
+        let mut prev_end: Option<f64> = None;
+        for (k, packets) in per_segment.iter().enumerate() {
+            let s = packets.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+            let e = packets
+                .iter()
+                .map(|(pts, d)| pts + d.unwrap_or(frame))
+                .fold(f64::NEG_INFINITY, f64::max);
             if let Some(pe) = prev_end {
                 assert!(
                     (s - pe).abs() <= BOUNDARY_TOLERANCE,
@@ -664,7 +708,14 @@ fn check_av_alignment(video_start: f64, source: &SourceMedia, tracks: &[AudioTra
 /// Decodes every stream of the package with ffmpeg; any error output fails.
 fn check_decodes(out_dir: &Path) {
     let out = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-allowed_extensions", "ALL", "-i"])
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-allowed_extensions",
+            "ALL",
+            "-i",
+        ])
         .arg(out_dir.join("master.m3u8"))
         .args(["-map", "0", "-f", "null", "-"])
         .output()

@@ -199,14 +199,21 @@ pub fn gen_clip(path: &Path, spec: &ClipSpec) {
             .args(["-preset", "ultrafast", "-pix_fmt", "yuv420p10le"]);
     } else {
         let pix_fmt = if odd { "yuv444p" } else { "yuv420p" };
-        cmd.args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", pix_fmt]);
+        cmd.args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            pix_fmt,
+        ]);
     }
     cmd.args(["-g", "30"]);
     if spec.audio_tracks > 0 {
         cmd.args(["-c:a", "aac", "-b:a", "96k"]);
-        for track in 0..spec.audio_tracks {
+        for (track, language) in AUDIO_LANGUAGES.iter().take(spec.audio_tracks).enumerate() {
             cmd.arg(format!("-metadata:s:a:{track}"))
-                .arg(format!("language={}", AUDIO_LANGUAGES[track]));
+                .arg(format!("language={language}"));
         }
     }
     if let Some(start) = spec.start_time {
@@ -242,7 +249,10 @@ fn check_clip(path: &Path, spec: &ClipSpec) {
     };
     assert_eq!(src.codec, expect_codec, "generated clip {}", path.display());
     if spec.hevc_10bit {
-        assert_eq!(src.pix_fmt, "yuv420p10le", "generated clip should be 10-bit");
+        assert_eq!(
+            src.pix_fmt, "yuv420p10le",
+            "generated clip should be 10-bit"
+        );
     }
     assert_eq!(
         (src.coded_width, src.coded_height),

@@ -12,8 +12,8 @@
 //! their own sub-module here, re-exported below.
 //!
 //! Each test binary compiles this module on its own and uses only part of it,
-//! hence the crate-level `dead_code` allowance.
-#![allow(dead_code)]
+//! hence the module-level `dead_code` and `unused_imports` allowances.
+#![allow(dead_code, unused_imports)]
 
 pub mod hls;
 pub mod media;

@@ -119,7 +119,11 @@ pub fn ffmpeg_processes_mentioning(needle: &str) -> Vec<(u32, String)> {
         return found;
     };
     for entry in entries.filter_map(|e| e.ok()) {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
