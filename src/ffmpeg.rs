@@ -155,9 +155,20 @@ pub async fn run_ffmpeg(args: Vec<OsString>, control: RunControl) -> Result<(), 
     }
 }
 
-/// Runs `ffprobe` with `args` and returns its stdout. Killed on `cancel` or
-/// after `timeout`.
+/// Runs `ffprobe` with `args` and returns its stdout. Killed after
+/// `timeout`.
 pub async fn run_ffprobe(args: Vec<OsString>, timeout: Duration) -> Result<Vec<u8>, RunError> {
+    run_ffprobe_with_stderr(args, timeout)
+        .await
+        .map(|(stdout, _)| stdout)
+}
+
+/// Like [`run_ffprobe`], also returning the tail of stderr of a successful
+/// run (ffprobe reports damage such as a partial file there and exits 0).
+pub async fn run_ffprobe_with_stderr(
+    args: Vec<OsString>,
+    timeout: Duration,
+) -> Result<(Vec<u8>, String), RunError> {
     const PROGRAM: &str = "ffprobe";
     let mut command = Command::new(PROGRAM);
     command
@@ -184,7 +195,7 @@ pub async fn run_ffprobe(args: Vec<OsString>, timeout: Duration) -> Result<Vec<u
             program: PROGRAM,
             source,
         }),
-        Ok(Ok(output)) if output.status.success() => Ok(output.stdout),
+        Ok(Ok(output)) if output.status.success() => Ok((output.stdout, tail(&output.stderr))),
         Ok(Ok(output)) => Err(RunError::Failed {
             program: PROGRAM,
             status: output.status,

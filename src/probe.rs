@@ -5,7 +5,7 @@
 //! sanity limits on what a source may claim. It never decides how to cut the
 //! source; that is [`crate::plan`].
 
-use crate::ffmpeg::{run_ffprobe, RunError};
+use crate::ffmpeg::{run_ffprobe, run_ffprobe_with_stderr, RunError};
 use crate::source::Source;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,14 +27,8 @@ pub enum ProbeError {
     NoVideo(String),
     #[error("source {0}: the video stream has no frames (truncated or corrupt?)")]
     NoFrames(String),
-    #[error(
-        "source {source_name}: truncated: the index needs {needed} bytes but the file has {actual}"
-    )]
-    Truncated {
-        source_name: String,
-        needed: u64,
-        actual: u64,
-    },
+    #[error("source {source_name}: truncated or damaged ({detail})")]
+    Truncated { source_name: String, detail: String },
     #[error("source {source_name}: video size {width}x{height} is not supported (at most {MAX_DIMENSION} per side)")]
     BadDimensions {
         source_name: String,
@@ -136,14 +130,14 @@ pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
     .map_err(run_error)?;
     let mut info = parse_streams(&source_name, &streams_json)?;
     let index = info.video.stream_index.to_string();
-    let packets = run_ffprobe(
+    let (packets, warnings) = run_ffprobe_with_stderr(
         probe_args(
             source,
             &[
                 "-select_streams",
                 &index,
                 "-show_entries",
-                "packet=pts_time,dts_time,duration_time,flags,pos,size",
+                "packet=pts_time,dts_time,duration_time,flags",
                 "-of",
                 "compact=p=0",
             ],
@@ -156,18 +150,16 @@ pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
     if frame_times.is_empty() {
         return Err(ProbeError::NoFrames(source_name));
     }
-    // A container whose index is at the front (faststart mp4) lists packets
-    // that a cut-off upload no longer holds; ffprobe does not notice.
-    if let Source::File(path) = source {
-        let needed = packets_end(&packets);
-        let actual = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
-        if needed > actual {
-            return Err(ProbeError::Truncated {
-                source_name,
-                needed,
-                actual,
-            });
-        }
+    // A cut-off upload still probes, but ffprobe says so on stderr (and
+    // exits 0): refuse it here rather than fail its last segment later.
+    if let Some(line) = warnings
+        .lines()
+        .find(|line| line.contains("partial file") || line.contains("truncat"))
+    {
+        return Err(ProbeError::Truncated {
+            source_name,
+            detail: line.trim().to_string(),
+        });
     }
     info.video.frame_times = frame_times;
     info.video.last_frame_duration = last_frame_duration;
@@ -378,26 +370,6 @@ fn parse_packets(output: &[u8]) -> (Vec<f64>, f64) {
     (frame_times, last_duration)
 }
 
-/// The byte offset just past the last packet of the video stream.
-fn packets_end(output: &[u8]) -> u64 {
-    let text = String::from_utf8_lossy(output);
-    text.lines()
-        .filter_map(|line| {
-            let mut pos = None;
-            let mut size = None;
-            for field in line.split('|') {
-                match field.split_once('=') {
-                    Some(("pos", value)) => pos = value.parse::<u64>().ok(),
-                    Some(("size", value)) => size = value.parse::<u64>().ok(),
-                    _ => {}
-                }
-            }
-            Some(pos? + size?)
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 fn median_interval(times: &[f64]) -> Option<f64> {
     let mut gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
     if gaps.is_empty() {
@@ -419,10 +391,6 @@ pts_time=0.033333|dts_time=0.000000|duration_time=0.033333|flags=__\n\
 pts_time=0.066667|dts_time=0.033333|duration_time=0.033333|flags=_D\n";
         let (times, last) = parse_packets(out);
         assert_eq!(times, vec![0.0, 0.033333, 0.1]);
-        assert_eq!(
-            packets_end(b"pts_time=0|pos=48|size=100\npts_time=1|pos=N/A|size=5\n"),
-            148
-        );
         assert!((last - 0.033333).abs() < 1e-9);
     }
 

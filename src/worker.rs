@@ -184,6 +184,9 @@ struct RunState {
     failures: Vec<String>,
     /// Units asked for ahead of the normal order (prefetch after a request).
     wanted: BTreeSet<Unit>,
+    /// Units whose batch failed: from now on they are encoded alone, so one
+    /// broken rendition cannot fail its neighbours.
+    solo: BTreeSet<Unit>,
     finished: bool,
 }
 
@@ -379,6 +382,7 @@ impl Worker {
             failed_renditions: BTreeSet::new(),
             failures: Vec::new(),
             wanted: BTreeSet::new(),
+            solo: BTreeSet::new(),
             finished: false,
         };
         for rendition in &plan.renditions {
@@ -810,6 +814,12 @@ impl Shared {
     /// Records a failed attempt for each lease: retry later with backoff, or
     /// fail the unit for good after `max_attempts`.
     async fn fail_leases(&self, job: &Arc<JobRun>, leases: &[Lease], error: &str) {
+        if leases.len() > 1 {
+            let mut state = job.lock();
+            state
+                .solo
+                .extend(leases.iter().map(|lease| lease.unit.clone()));
+        }
         for lease in leases {
             let attempts = match self.coord.release(lease, true).await {
                 Ok(attempts) => attempts,
@@ -978,6 +988,7 @@ fn reserve_next(job: &JobRun) -> Option<Vec<Unit>> {
         .find(|unit| (eager || !matches!(unit, Unit::Video { .. })) && ready(&state, unit))?
         .clone();
     let units = match &first {
+        Unit::Video { .. } if state.solo.contains(&first) => vec![first],
         Unit::Video { index, .. } => job
             .plan
             .renditions
@@ -986,7 +997,7 @@ fn reserve_next(job: &JobRun) -> Option<Vec<Unit>> {
                 rendition: r.name.clone(),
                 index: *index,
             })
-            .filter(|unit| ready(&state, unit))
+            .filter(|unit| ready(&state, unit) && !state.solo.contains(unit))
             .collect(),
         _ => vec![first],
     };
