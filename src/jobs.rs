@@ -286,6 +286,11 @@ impl JobManager {
         manager
     }
 
+    /// A problem of the worker that should make the pod not ready.
+    pub fn worker_problem(&self) -> Option<String> {
+        self.worker.health_problem()
+    }
+
     pub fn source_roots(&self) -> &[PathBuf] {
         &self.settings.source_roots
     }

@@ -28,6 +28,11 @@ use tokio_util::task::TaskTracker;
 
 /// Longest wait between retries of a failed unit.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// After this many failed units in a row (all different), the pod is taken
+/// to be broken and stops claiming for [`SICK_PAUSE`], so one bad node
+/// cannot drain the queue by failing everything it touches.
+const SICK_AFTER: usize = 5;
+const SICK_PAUSE: Duration = Duration::from_secs(30);
 
 /// How a worker behaves.
 #[derive(Debug, Clone)]
@@ -289,6 +294,10 @@ struct Shared {
     sequence: AtomicU64,
     /// Encodes started by requests rather than slots.
     tasks: TaskTracker,
+    /// Distinct units that failed since the last success.
+    failure_streak: Mutex<BTreeSet<(JobId, Unit)>>,
+    /// While set and in the future, slots do not claim.
+    paused_until: Mutex<Option<Instant>>,
 }
 
 /// Slots that claim and run units of the jobs added to it.
@@ -321,6 +330,8 @@ impl Worker {
             events,
             sequence: AtomicU64::new(0),
             tasks: TaskTracker::new(),
+            failure_streak: Mutex::new(BTreeSet::new()),
+            paused_until: Mutex::new(None),
         });
         let mut slots = JoinSet::new();
         for _ in 0..shared.settings.slots.max(1) {
@@ -445,6 +456,17 @@ impl Worker {
         true
     }
 
+    /// A reason this pod should not receive traffic, if any (it is pausing
+    /// after a run of failures).
+    pub fn health_problem(&self) -> Option<String> {
+        self.shared.paused_until().map(|until| {
+            format!(
+                "paused for {} s after {SICK_AFTER} failed units in a row",
+                until.saturating_duration_since(Instant::now()).as_secs()
+            )
+        })
+    }
+
     /// Makes sure `unit` of a running job exists on storage, ahead of
     /// background work: claims it now if it is free, or waits for whoever is
     /// making it. Concurrent requests for one unit start one encode. The
@@ -549,6 +571,13 @@ impl Shared {
             if self.shutdown.is_cancelled() {
                 return;
             }
+            if let Some(until) = self.paused_until() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                    _ = self.shutdown.cancelled() => return,
+                }
+                continue;
+            }
             match self.next_claimed().await {
                 Some(claimed) => self.run_claimed(claimed).await,
                 None => {
@@ -561,6 +590,35 @@ impl Shared {
                 }
             }
         }
+    }
+
+    fn paused_until(&self) -> Option<Instant> {
+        let paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        paused.filter(|until| *until > Instant::now())
+    }
+
+    /// Counts a failed unit towards the streak that pauses a broken pod.
+    fn record_failure(&self, job: JobId, unit: &Unit) {
+        let mut streak = self
+            .failure_streak
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        streak.insert((job, unit.clone()));
+        if streak.len() >= SICK_AFTER {
+            streak.clear();
+            tracing::warn!(
+                "{SICK_AFTER} different units failed in a row: not claiming for {SICK_PAUSE:?}"
+            );
+            *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Instant::now() + SICK_PAUSE);
+        }
+    }
+
+    fn record_success(&self) {
+        self.failure_streak
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Finds the next ready units, reserves them locally, then claims them.
@@ -800,6 +858,7 @@ impl Shared {
             Ok(Completion::CompletedAfterLoss) => self.metrics.completed_after_loss.inc(),
             Err(err) => tracing::warn!(unit = %lease.unit, "completing lease: {err}"),
         }
+        self.record_success();
         let rendition = match &lease.unit {
             Unit::Video { rendition, .. } => rendition.as_str(),
             _ => "",
@@ -836,6 +895,7 @@ impl Shared {
                 .units_failed
                 .with_label_values(&[lease.unit.kind(), rendition])
                 .inc();
+            self.record_failure(job.id(), &lease.unit);
             let permanent = attempts >= self.settings.max_attempts;
             tracing::warn!(job = %job.id(), unit = %lease.unit, attempts, permanent, "unit failed: {error}");
             {

@@ -233,7 +233,8 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let problems = state.health.problems();
+    let mut problems = state.health.problems();
+    problems.extend(state.manager.worker_problem());
     if problems.is_empty() {
         Json(serde_json::json!({ "ready": true })).into_response()
     } else {
