@@ -300,7 +300,7 @@ async fn transcode(args: TranscodeArgs) -> anyhow::Result<ExitCode> {
                 }
                 _ => {}
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = stop_signal() => {
                 bar.abandon_with_message("interrupted");
                 worker.shutdown().await;
                 eprintln!("interrupted: run the same command again to resume");
@@ -310,12 +310,14 @@ async fn transcode(args: TranscodeArgs) -> anyhow::Result<ExitCode> {
     };
     bar.finish_and_clear();
     worker.shutdown().await;
+    // Nothing is in progress any more; an empty .tmp/ is just clutter.
+    let _ = std::fs::remove_dir(layout.tmp_dir());
     let wall = started.elapsed().as_secs_f64();
     let master = layout.master_playlist();
     match outcome {
         JobOutcome::Done | JobOutcome::Partial { .. } => {
             if let JobOutcome::Partial { reason } = &outcome {
-                eprintln!("warning: some renditions failed: {reason}");
+                eprintln!("warning: finished with failures (partial): {reason}");
             }
             println!("HLS: {}", master.display());
             println!(
@@ -339,6 +341,24 @@ async fn transcode(args: TranscodeArgs) -> anyhow::Result<ExitCode> {
         }
         JobOutcome::Failed { reason } => anyhow::bail!("transcode failed: {reason}"),
         JobOutcome::Canceled => anyhow::bail!("transcode canceled"),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (either stops a transcode cleanly).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut interrupt), Ok(mut terminate)) => {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        // Without handlers the default action (exit) still applies.
+        _ => std::future::pending().await,
     }
 }
 

@@ -1001,7 +1001,8 @@ impl Shared {
         if let Err(err) = self.coord.forget(job.id()).await {
             tracing::warn!(job = %job.id(), "forgetting job state: {err}");
         }
-        let _ = job.outcome.send(Some(outcome.clone()));
+        // send_replace stores the value even when nobody is waiting yet.
+        job.outcome.send_replace(Some(outcome.clone()));
         let _ = self.events.send(WorkerEvent::Finished {
             job: job.id(),
             outcome,
@@ -1114,11 +1115,21 @@ fn outcome_of(plan: &Plan, state: &RunState) -> JobOutcome {
             Some(UnitState::Failed(_))
         )
     });
-    let complete_rendition = plan
+    // DESIGN: a failed rendition leaves the job partial only if a complete
+    // rendition below it exists (players start low); otherwise it failed.
+    let lowest_failed = plan
         .renditions
         .iter()
-        .any(|r| !state.failed_renditions.contains(&r.name));
-    if audio_failed || !complete_rendition {
+        .find(|r| state.failed_renditions.contains(&r.name));
+    let complete_below = match lowest_failed {
+        None => true,
+        Some(failed) => plan
+            .renditions
+            .iter()
+            .take_while(|r| r.name != failed.name)
+            .any(|r| !state.failed_renditions.contains(&r.name)),
+    };
+    if audio_failed || !complete_below {
         JobOutcome::Failed { reason }
     } else {
         JobOutcome::Partial { reason }

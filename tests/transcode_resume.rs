@@ -178,3 +178,43 @@ fn orphan_scan_sees_a_running_ffmpeg() {
         "the scan still finds a reaped ffmpeg"
     );
 }
+
+/// Running the command again on a finished folder skips every unit and
+/// exits at once with the same, still valid, output.
+#[test]
+fn rerun_of_finished_folder_skips_everything() {
+    let dir = TestDir::new("resume-done");
+    let source = dir.join("source.mp4");
+    gen_clip(&source, &ClipSpec::new(4.0).size(320, 240));
+    let out = dir.join("out");
+    let args = [
+        "--segment-duration",
+        "2",
+        "--ladder",
+        "240p",
+        "--preset",
+        "ultrafast",
+    ];
+    let first = run_transcode(&source, &out, &args);
+    assert_transcode_ok(&first);
+    let before = std::fs::metadata(out.join("240p").join("seg_00000.ts")).expect("segment 0");
+
+    let started = Instant::now();
+    let second = run_transcode(&source, &out, &args);
+    assert_transcode_ok(&second);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a rerun with nothing to do took {:?}",
+        started.elapsed()
+    );
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("resume: skipped "))
+        .unwrap_or_else(|| panic!("no resume line in {stdout}"));
+    let numbers: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(numbers[2], numbers[4], "not everything was skipped: {line}");
+    let after = std::fs::metadata(out.join("240p").join("seg_00000.ts")).expect("segment 0");
+    assert_eq!(before.ino(), after.ino(), "segment 0 was rewritten");
+    validate_hls(&out, &source);
+}

@@ -7,9 +7,12 @@
 //!   no gaps, duration to the frame, decodes cleanly).
 //! - [`process`]: the binary under test, scratch directories, running
 //!   `segswarm transcode`, and finding leftover ffmpeg processes.
+//! - [`pod`]: `segswarm serve` on a free port ([`pod::Pod`]), SSE and
+//!   metrics parsing, raw HTTP requests and an `ffmpeg` wrapper for fault
+//!   injection.
 //!
-//! Later additions (a redis-server on a free port, pod starters) belong in
-//! their own sub-module here, re-exported below.
+//! Later additions (a redis-server on a free port) belong in their own
+//! sub-module here, re-exported below.
 //!
 //! Each test binary compiles this module on its own and uses only part of it,
 //! hence the module-level `dead_code` and `unused_imports` allowances.
@@ -17,10 +20,15 @@
 
 pub mod hls;
 pub mod media;
+pub mod pod;
 pub mod process;
 
 pub use hls::{validate_hls, AudioTrackReport, HlsReport, RenditionReport};
 pub use media::{ffprobe_json, gen_clip, probe_source, ClipSpec, SourceMedia};
+pub use pod::{
+    decode_errors, has_metric, metric_value, raw_get, wait_for, FfmpegWrapper, Pod, SseEvent,
+    SseStream,
+};
 pub use process::{
     assert_transcode_ok, bin, ffmpeg_processes_mentioning, run_transcode, seg_files, TestDir,
 };
