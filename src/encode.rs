@@ -133,6 +133,11 @@ impl Batch {
     }
 }
 
+/// Output options that keep subtitles, data, metadata and chapters of the
+/// source out of an output (they would make bytes depend on the source's
+/// tags, and players do not need them).
+const STRIP_OTHER_STREAMS: [&str; 6] = ["-sn", "-dn", "-map_metadata", "-1", "-map_chapters", "-1"];
+
 /// A growing ffmpeg argument list.
 #[derive(Default)]
 struct Args(Vec<OsString>);
@@ -179,15 +184,8 @@ fn video_args(args: &mut Args, plan: &Plan, segment: &Segment, outputs: &[VideoO
     for (i, output) in outputs.iter().enumerate() {
         let r = &output.rendition;
         args.push_all(["-map".to_string(), format!("[v{i}]")]);
-        args.push_all([
-            "-an",
-            "-sn",
-            "-dn",
-            "-map_metadata",
-            "-1",
-            "-map_chapters",
-            "-1",
-        ]);
+        args.push("-an");
+        args.push_all(STRIP_OTHER_STREAMS);
         args.push_all(["-frames:v", &frames, "-fps_mode", "passthrough"]);
         args.push_all(["-c:v", "libx264", "-preset", &plan.settings.preset]);
         args.push_all(["-profile:v", "high", "-pix_fmt", "yuv420p"]);
@@ -213,15 +211,8 @@ fn audio_args(args: &mut Args, plan: &Plan, track: usize, tmp_dir: &Path) {
     };
     args.push_all(["-i".to_string(), plan.source.ffmpeg_input()]);
     args.push_all(["-map".to_string(), format!("0:{}", audio.stream_index)]);
-    args.push_all([
-        "-vn",
-        "-sn",
-        "-dn",
-        "-map_metadata",
-        "-1",
-        "-map_chapters",
-        "-1",
-    ]);
+    args.push("-vn");
+    args.push_all(STRIP_OTHER_STREAMS);
     args.push_all(["-c:a", "aac"]);
     args.push_all(["-b:a".to_string(), audio.bitrate.to_string()]);
     args.push_all(["-ac".to_string(), audio.channels.to_string()]);

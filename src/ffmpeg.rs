@@ -70,16 +70,8 @@ pub struct RunControl {
 /// its progress. Returns its stdout-less success or a [`RunError`].
 pub async fn run_ffmpeg(args: Vec<OsString>, control: RunControl) -> Result<(), RunError> {
     const PROGRAM: &str = "ffmpeg";
-    let mut command = Command::new(PROGRAM);
-    command
-        .args(["-progress", "pipe:1", "-nostats"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    die_with_parent(&mut command);
+    let mut command = child_command(PROGRAM);
+    command.args(["-progress", "pipe:1", "-nostats"]).args(args);
     let mut child = command
         .spawn()
         .map_err(|source| spawn_error(PROGRAM, source))?;
@@ -170,15 +162,8 @@ pub async fn run_ffprobe_with_stderr(
     timeout: Duration,
 ) -> Result<(Vec<u8>, String), RunError> {
     const PROGRAM: &str = "ffprobe";
-    let mut command = Command::new(PROGRAM);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    die_with_parent(&mut command);
+    let mut command = child_command(PROGRAM);
+    command.args(args);
     let child = command
         .spawn()
         .map_err(|source| spawn_error(PROGRAM, source))?;
@@ -202,6 +187,21 @@ pub async fn run_ffprobe_with_stderr(
             stderr: tail(&output.stderr),
         }),
     }
+}
+
+/// A command for `program`, spawned the one way every child is: no shell,
+/// no stdin, output piped, in its own process group, killed if dropped and
+/// when this process dies.
+fn child_command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    die_with_parent(&mut command);
+    command
 }
 
 /// Asks the kernel to SIGKILL the child when this process dies, so a pod

@@ -159,6 +159,14 @@ pub fn is_rendition_name(name: &str) -> bool {
 }
 
 impl Unit {
+    /// The rendition of a video unit.
+    pub fn rendition(&self) -> Option<&str> {
+        match self {
+            Unit::Video { rendition, .. } => Some(rendition),
+            _ => None,
+        }
+    }
+
     /// Metric label for the kind of unit.
     pub fn kind(&self) -> &'static str {
         match self {

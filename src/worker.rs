@@ -9,7 +9,7 @@
 //! prints anything for a user.
 
 use crate::coord::{ClaimOutcome, Completion, Coordinator, Lease};
-use crate::encode::{Batch, EncodeError, VideoOutput};
+use crate::encode::{Batch, VideoOutput};
 use crate::ffmpeg::RunControl;
 use crate::hls::{self, Availability, Listing, Packager};
 use crate::metrics::Metrics;
@@ -777,7 +777,7 @@ impl Shared {
                     }
                     self.wake.notify_waiters();
                 } else {
-                    self.fail_leases(&job, &leases, &error_text(&err)).await;
+                    self.fail_leases(&job, &leases, &err.to_string()).await;
                 }
             }
         }
@@ -859,10 +859,7 @@ impl Shared {
             Err(err) => tracing::warn!(unit = %lease.unit, "completing lease: {err}"),
         }
         self.record_success();
-        let rendition = match &lease.unit {
-            Unit::Video { rendition, .. } => rendition.as_str(),
-            _ => "",
-        };
+        let rendition = lease.unit.rendition().unwrap_or("");
         self.metrics
             .units_completed
             .with_label_values(&[lease.unit.kind(), rendition])
@@ -887,10 +884,7 @@ impl Shared {
                     self.settings.max_attempts
                 }
             };
-            let rendition = match &lease.unit {
-                Unit::Video { rendition, .. } => rendition.as_str(),
-                _ => "",
-            };
+            let rendition = lease.unit.rendition().unwrap_or("");
             self.metrics
                 .units_failed
                 .with_label_values(&[lease.unit.kind(), rendition])
@@ -1188,10 +1182,6 @@ fn remove_outputs(batch: &Batch) {
             let _ = std::fs::remove_file(tmp_path);
         }
     }
-}
-
-fn error_text(err: &EncodeError) -> String {
-    err.to_string()
 }
 
 /// Renews every lease each TTL/3 while ffmpeg makes progress. A lease found
