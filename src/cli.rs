@@ -253,7 +253,7 @@ async fn transcode(args: TranscodeArgs) -> anyhow::Result<ExitCode> {
         preset: validate_preset(&args.preset).context("--preset")?,
         ..EncodeSettings::default()
     };
-    let source = Source::parse(&args.input, &[])?;
+    let source = Source::parse(&args.input, None)?;
     segswarm::ffmpeg::check_installed().await?;
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("creating output folder {}", args.out_dir.display()))?;

@@ -36,7 +36,16 @@ async fn json_of(response: reqwest::Response) -> anyhow::Result<serde_json::Valu
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let client = reqwest::Client::new();
-    let mut body = serde_json::json!({ "source": args.source });
+    // A relative path means "here", not the pod's working folder.
+    let source = match std::path::Path::new(&args.source) {
+        path if !args.source.contains("://") && path.is_relative() && path.exists() => {
+            std::path::absolute(path)
+                .map(|p| p.display().to_string())
+                .unwrap_or(args.source.clone())
+        }
+        _ => args.source.clone(),
+    };
+    let mut body = serde_json::json!({ "source": source });
     if let Some(ladder) = &args.ladder {
         body["ladder"] = ladder.as_str().into();
     }

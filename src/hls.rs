@@ -68,7 +68,7 @@ pub struct Packager {
 #[derive(Default)]
 struct Written {
     media: HashMap<String, (usize, bool)>,
-    master: Option<(Vec<String>, bool)>,
+    master: Option<(Vec<String>, bool, Vec<bool>)>,
     codecs: HashMap<String, String>,
 }
 
@@ -128,7 +128,13 @@ impl Packager {
         if listed.is_empty() || !audio_ready {
             return Ok(false);
         }
-        let key = (listed.clone(), complete);
+        // Codecs are read from segment 0; in a full listing the master is
+        // written before any exists, so it is rewritten as they appear.
+        let measured: Vec<bool> = listed
+            .iter()
+            .map(|name| self.layout.segment(name, 0).is_file())
+            .collect();
+        let key = (listed.clone(), complete, measured);
         if self.lock().master.as_ref() != Some(&key) {
             let bytes = self.master_playlist(&listed).await?;
             self.layout

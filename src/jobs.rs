@@ -219,7 +219,9 @@ impl JobEntry {
             run: Mutex::new(None),
             history: Mutex::new(Vec::new()),
             events,
-            next_seq: AtomicU64::new(1),
+            // Ids from a clock keep growing across pod restarts, so a
+            // client's Last-Event-ID from before a restart skips nothing.
+            next_seq: AtomicU64::new(now_ms() * 1000),
             progress_step: AtomicU64::new(0),
         })
     }
@@ -313,7 +315,7 @@ impl JobManager {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(JobError::ShuttingDown);
         }
-        let source = Source::parse(&request.source, &self.settings.source_roots)?;
+        let source = Source::parse(&request.source, Some(&self.settings.source_roots))?;
         let defaults = &self.settings.defaults;
         let ladder = match request.ladder {
             None => defaults.ladder.clone(),
@@ -766,6 +768,8 @@ impl JobManager {
                 if step > entry.progress_step.fetch_max(step, Ordering::Relaxed)
                     && !entry.record().status.is_terminal()
                 {
+                    let progress = percent(run.progress());
+                    self.update(&entry, |r| r.progress = progress);
                     self.emit(&entry, "progress");
                 }
             }
@@ -781,12 +785,17 @@ impl JobManager {
                     self.update(&entry, |r| r.playable = true);
                     return;
                 }
+                // A resumed job was announced playable before the restart:
+                // its subscribers hear it again, its webhook does not.
+                let announced = entry.record().playable;
                 self.update(&entry, |r| {
                     r.playable = true;
                     r.status = JobStatus::Playable;
                 });
                 self.emit(&entry, "playable");
-                self.notify_webhook(&entry, "playable");
+                if !announced {
+                    self.notify_webhook(&entry, "playable");
+                }
             }
             WorkerEvent::Finished { outcome, .. } => self.on_finished(&entry, outcome),
         }

@@ -3,8 +3,9 @@
 //!
 //! Shutdown on SIGTERM or SIGINT: report not ready, stop taking jobs and
 //! units, kill every ffmpeg process group, give held claims back, end event
-//! streams, and exit within the configured grace period. Unfinished jobs stay
-//! `processing` on storage, so the next pod resumes them.
+//! streams, and exit within the configured grace period. Unfinished jobs keep
+//! their unfinished status (`processing` or `playable`) in `status.json`, so
+//! the next pod resumes them.
 
 use crate::api::{self, AppState, Health};
 use crate::config::PodConfig;

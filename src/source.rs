@@ -23,6 +23,8 @@ pub enum SourceError {
     },
     #[error("source {0:?}: unsupported URL scheme (only http and https URLs or local paths are accepted)")]
     UnsupportedScheme(String),
+    #[error("source {0}: local paths are not accepted here (set SEGSWARM_SOURCE_ROOTS to allow folders)")]
+    LocalNotAllowed(PathBuf),
     #[error("source {0}: outside the allowed source roots")]
     OutsideRoots(PathBuf),
     #[error("source is empty")]
@@ -41,8 +43,10 @@ pub enum Source {
 
 impl Source {
     /// Parses and checks what a user gave: a path or a URL. `roots` limits
-    /// local files to those folders (empty = any local file).
-    pub fn parse(text: &str, roots: &[PathBuf]) -> Result<Source, SourceError> {
+    /// local files to those folders: `None` allows any local file (the CLI
+    /// on the user's own machine), `Some(&[])` refuses local files (a pod
+    /// without configured roots).
+    pub fn parse(text: &str, roots: Option<&[PathBuf]>) -> Result<Source, SourceError> {
         let text = text.trim();
         if text.is_empty() {
             return Err(SourceError::Empty);
@@ -88,7 +92,10 @@ impl Source {
         if !meta.is_file() {
             return Err(SourceError::NotAFile(path.to_path_buf()));
         }
-        if !roots.is_empty() {
+        if let Some(roots) = roots {
+            if roots.is_empty() {
+                return Err(SourceError::LocalNotAllowed(path.to_path_buf()));
+            }
             let inside = roots.iter().any(|root| {
                 root.canonicalize()
                     .map(|root| canonical.starts_with(root))
@@ -143,14 +150,14 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    Source::parse(text, &[]),
+                    Source::parse(text, None),
                     Err(SourceError::UnsupportedScheme(_))
                 ),
                 "{text}"
             );
         }
         assert!(matches!(
-            Source::parse("https://example.com/a.mp4", &[]),
+            Source::parse("https://example.com/a.mp4", Some(&[])),
             Ok(Source::Url(_))
         ));
     }
@@ -158,12 +165,16 @@ mod tests {
     #[test]
     fn missing_and_outside_roots() {
         assert!(matches!(
-            Source::parse("/definitely/not/here.mp4", &[]),
+            Source::parse("/definitely/not/here.mp4", None),
             Err(SourceError::Missing(_))
         ));
         assert!(matches!(
-            Source::parse("/etc/hostname", &[PathBuf::from("/tmp")]),
+            Source::parse("/etc/hostname", Some(&[PathBuf::from("/tmp")])),
             Err(SourceError::OutsideRoots(_)) | Err(SourceError::Missing(_))
+        ));
+        assert!(matches!(
+            Source::parse("/etc/hostname", Some(&[])),
+            Err(SourceError::LocalNotAllowed(_)) | Err(SourceError::Missing(_))
         ));
     }
 }

@@ -3,8 +3,9 @@
 //! Owns every path of a job's folder (one place knows the layout) and the
 //! publish step: write under `.tmp/`, fsync, rename into place, fsync the
 //! folder. A reader never sees a partial file under a final name. Storage
-//! never deletes a file another pod may be serving; only an explicit purge
-//! of a whole job removes files.
+//! never deletes a file another pod may be serving: only an explicit purge
+//! of a whole job, and the sweep of abandoned `.tmp/` leftovers, remove
+//! files.
 
 use crate::plan::{Plan, Unit};
 use crate::JobId;
@@ -187,7 +188,39 @@ impl JobLayout {
         result
     }
 
-    /// Removes the whole job folder (purge). The only delete storage does.
+    /// Removes in-progress leftovers not touched for `older_than` (an encoder
+    /// killed with its pod). A live encoder writes continuously and one
+    /// silent for longer than the stall timeout is killed, so a file this
+    /// old belongs to nobody. Returns how many were removed.
+    pub fn sweep_tmp(&self, older_than: std::time::Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.tmp_dir()) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age > older_than);
+            if !stale {
+                continue;
+            }
+            let path = entry.path();
+            let result = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if result.is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes the whole job folder (purge).
     pub fn remove_all(&self) -> Result<(), StorageError> {
         match std::fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -76,8 +76,8 @@ impl Webhooks {
                     ),
                     Err(err) => tracing::warn!(attempt, "webhook {event} to {url}: {err}"),
                 }
-                hooks.deliveries.with_label_values(&["retried"]).inc();
                 if attempt < ATTEMPTS {
+                    hooks.deliveries.with_label_values(&["retried"]).inc();
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                 }

@@ -163,6 +163,8 @@ pub enum RequestError {
     Canceled,
     #[error("the pod is shutting down")]
     ShuttingDown,
+    #[error("this pod is not encoding right now ({0})")]
+    Paused(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -371,6 +373,10 @@ impl Worker {
         layout
             .create_dirs(&plan)
             .map_err(|source| WorkerError::Storage { job: id, source })?;
+        let swept = layout.sweep_tmp(shared.settings.stall_timeout * 2);
+        if swept > 0 {
+            tracing::info!(job = %id, "removed {swept} stale in-progress file(s)");
+        }
         let order = plan.units();
         let now = Instant::now();
         let mut units = HashMap::new();
@@ -510,6 +516,9 @@ impl Worker {
                     })
                 }
                 Some(UnitState::Pending { .. }) => {
+                    if let Some(problem) = self.health_problem() {
+                        return Err(RequestError::Paused(problem));
+                    }
                     job.lock().units.insert(unit.clone(), UnitState::Running);
                     if let Some(claimed) = shared.claim(&job, vec![unit.clone()]).await {
                         // Runs on its own task: a requester that goes away

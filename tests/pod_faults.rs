@@ -387,3 +387,51 @@ async fn webhooks_are_signed_and_retried() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_source_fails_with_reason_and_webhook() {
+    let dir = TestDir::new("pod-bad-source");
+    let source = dir.join("not-a-video.mp4");
+    std::fs::write(&source, b"this is text, not a video").unwrap();
+    let (url, received) = webhook_receiver();
+    let pod = Pod::start(
+        &dir.join("storage"),
+        &[("SEGSWARM_SOURCE_ROOTS", dir.path().to_str().unwrap())],
+    )
+    .await;
+    let job = pod
+        .submit(json!({ "source": source.to_str().unwrap(), "callback_url": url }))
+        .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let events = pod.events(&id).await.collect(Duration::from_secs(60)).await;
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names.first(), Some(&"queued"), "{names:?}");
+    assert_eq!(names.last(), Some(&"failed"), "{names:?}");
+    assert!(!names.contains(&"playable"), "{names:?}");
+    let job = pod.job(&id).await;
+    assert_eq!(job["status"], "failed");
+    assert!(
+        job["error"].as_str().is_some_and(|e| !e.trim().is_empty()),
+        "a failed job carries its reason: {job}"
+    );
+    assert!(source.is_file(), "the source must never be touched");
+    assert_eq!(
+        std::fs::read(&source).unwrap(),
+        b"this is text, not a video"
+    );
+    // The failure is delivered (after the receiver's first 500), unsigned
+    // without a secret.
+    let delivered = wait_for(Duration::from_secs(30), || {
+        received.lock().unwrap().iter().any(|(status, headers, _)| {
+            *status == 200 && headers.get("x-segswarm-event").map(String::as_str) == Some("failed")
+        })
+    })
+    .await;
+    assert!(delivered, "failed webhook not delivered");
+    for (_, headers, body) in received.lock().unwrap().iter() {
+        assert!(!headers.contains_key("x-segswarm-signature"));
+        let payload: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(payload["event"], "failed");
+        assert_eq!(payload["job"]["status"], "failed");
+    }
+}

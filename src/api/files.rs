@@ -85,6 +85,11 @@ async fn serve(
                     "not_ready",
                     format!("{path} was not ready in time; try again"),
                 ),
+                RequestError::Paused(_) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "paused",
+                    format!("{err}; try another pod"),
+                ),
                 RequestError::ShuttingDown => ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "shutting_down",

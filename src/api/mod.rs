@@ -142,6 +142,7 @@ pub fn router(state: AppState) -> Router {
             track_requests,
         ))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -152,6 +153,14 @@ async fn not_found(State(state): State<AppState>) -> ApiError {
         .with_label_values(&["unmatched", "404"])
         .inc();
     ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
 }
 
 /// Counts requests by route and status and times them.
@@ -219,7 +228,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             .with_label_values(&[status.as_str()])
             .set(counts.get(&status).copied().unwrap_or(0) as i64);
     }
-    let ready = state.health.problems().is_empty();
+    let ready = state.health.problems().is_empty() && state.manager.worker_problem().is_none();
     state.metrics.ready.set(if ready { 1.0 } else { 0.0 });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
