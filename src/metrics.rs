@@ -27,6 +27,21 @@ pub struct Metrics {
     pub ready: Gauge,
     pub webhook_deliveries: IntCounterVec,
     pub watch_jobs: IntCounter,
+    /// Claims by result: won, held, already_done, error (one per unit).
+    pub claims: IntCounterVec,
+    /// Round trip of one claim call to the coordination backend.
+    pub claim_seconds: Histogram,
+    /// Lease renewals by result: renewed, lost, error.
+    pub lease_renewals: IntCounterVec,
+    /// Units won after another holder's claim had expired.
+    pub takeovers: IntCounter,
+    /// Waits for a unit held by another pod.
+    pub unit_waits: IntCounter,
+    pub unit_wait_seconds: Histogram,
+    /// Times the pub/sub connection was re-established after a loss.
+    pub pubsub_reconnects: IntCounter,
+    /// 1 while the last Redis operation succeeded, 0 after one failed.
+    pub redis_up: IntGauge,
 }
 
 fn buckets_seconds() -> Vec<f64> {
@@ -115,6 +130,61 @@ impl Metrics {
             "segswarm_watch_jobs_total",
             "Jobs created from files in the watch folder",
         )?;
+        let claims = IntCounterVec::new(
+            Opts::new(
+                "segswarm_claims_total",
+                "Unit claims by result (won, held, already_done, error)",
+            ),
+            &["result"],
+        )?;
+        for result in ["won", "held", "already_done", "error"] {
+            claims.with_label_values(&[result]);
+        }
+        let claim_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "segswarm_claim_seconds",
+                "Round trip of one claim call to Redis",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0,
+            ]),
+        )?;
+        let lease_renewals = IntCounterVec::new(
+            Opts::new(
+                "segswarm_lease_renewals_total",
+                "Lease renewals by result (renewed, lost, error)",
+            ),
+            &["result"],
+        )?;
+        for result in ["renewed", "lost", "error"] {
+            lease_renewals.with_label_values(&[result]);
+        }
+        let takeovers = IntCounter::new(
+            "segswarm_takeovers_total",
+            "Units claimed after another holder's claim expired",
+        )?;
+        let unit_waits = IntCounter::new(
+            "segswarm_unit_waits_total",
+            "Waits for a unit held by another pod",
+        )?;
+        let unit_wait_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "segswarm_unit_wait_seconds",
+                "Duration of waits for a unit held by another pod",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0,
+            ]),
+        )?;
+        let pubsub_reconnects = IntCounter::new(
+            "segswarm_pubsub_reconnects_total",
+            "Times the Redis pub/sub connection was re-established after a loss",
+        )?;
+        let redis_up = IntGauge::new(
+            "segswarm_redis_up",
+            "1 while the last Redis operation succeeded, 0 after one failed",
+        )?;
         for collector in [
             Box::new(units_completed.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(units_failed.clone()),
@@ -131,6 +201,14 @@ impl Metrics {
             Box::new(ready.clone()),
             Box::new(webhook_deliveries.clone()),
             Box::new(watch_jobs.clone()),
+            Box::new(claims.clone()),
+            Box::new(claim_seconds.clone()),
+            Box::new(lease_renewals.clone()),
+            Box::new(takeovers.clone()),
+            Box::new(unit_waits.clone()),
+            Box::new(unit_wait_seconds.clone()),
+            Box::new(pubsub_reconnects.clone()),
+            Box::new(redis_up.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -151,6 +229,14 @@ impl Metrics {
             ready,
             webhook_deliveries,
             watch_jobs,
+            claims,
+            claim_seconds,
+            lease_renewals,
+            takeovers,
+            unit_waits,
+            unit_wait_seconds,
+            pubsub_reconnects,
+            redis_up,
         })
     }
 

@@ -889,8 +889,10 @@ impl Shared {
             let attempts = match self.coord.release(lease, true).await {
                 Ok(attempts) => attempts,
                 Err(err) => {
+                    // The count is unknown; a coordination outage must not
+                    // fail the unit for good, so retry it with backoff.
                     tracing::warn!(unit = %lease.unit, "releasing failed lease: {err}");
-                    self.settings.max_attempts
+                    1
                 }
             };
             let rendition = lease.unit.rendition().unwrap_or("");

@@ -1,18 +1,20 @@
 //! Coordination: who may produce which unit.
 //!
 //! One trait, [`Coordinator`], with an in-process implementation
-//! ([`local::LocalCoordinator`]) for a pod alone and, later, a Redis one for
-//! a cluster. Code above it never asks which one it has. A coordinator only
+//! ([`local::LocalCoordinator`]) for a pod alone and a Redis one
+//! ([`redis::RedisCoordinator`]) for a cluster. Code above it never asks which one it has. A coordinator only
 //! decides claims and carries notices; storage stays the truth for outputs,
 //! so a coordinator never creates or deletes files.
 
 pub mod local;
+pub mod redis;
 
 use crate::plan::Unit;
 use crate::JobId;
 use async_trait::async_trait;
 use std::time::Duration;
 
+pub use self::redis::{RedisCoordinator, RedisSettings, RedisSetupError};
 pub use local::LocalCoordinator;
 
 /// Errors from the coordination backend (the network, Redis).

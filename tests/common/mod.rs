@@ -10,9 +10,8 @@
 //! - [`pod`]: `segswarm serve` on a free port ([`pod::Pod`]), SSE and
 //!   metrics parsing, raw HTTP requests and an `ffmpeg` wrapper for fault
 //!   injection.
-//!
-//! Later additions (a redis-server on a free port) belong in their own
-//! sub-module here, re-exported below.
+//! - [`redis`]: a real `redis-server` on a free loopback port
+//!   ([`redis::RedisServer`]), stoppable and restartable on the same port.
 //!
 //! Each test binary compiles this module on its own and uses only part of it,
 //! hence the module-level `dead_code` and `unused_imports` allowances.
@@ -22,7 +21,9 @@ pub mod hls;
 pub mod media;
 pub mod pod;
 pub mod process;
+pub mod redis;
 
+pub use self::redis::RedisServer;
 pub use hls::{validate_hls, AudioTrackReport, HlsReport, RenditionReport};
 pub use media::{ffprobe_json, gen_clip, probe_source, ClipSpec, SourceMedia};
 pub use pod::{

@@ -1,0 +1,631 @@
+//! Distributed coordination through Redis: claims, leases and completion
+//! notices shared by every pod of a cluster.
+//!
+//! Owns the key layout and the Lua scripts of the protocol in DESIGN.md
+//! ("Coordination protocol"). Every key of a job carries the hash tag
+//! `{<job-id>}`, so each script touches one slot and runs unchanged on Redis
+//! Cluster:
+//!
+//! | key                               | holds                                          |
+//! |-----------------------------------|------------------------------------------------|
+//! | `segswarm:{<job>}:claim:<unit>`   | `<token> <worker_id>`, PX = claim TTL          |
+//! | `segswarm:{<job>}:done`           | set of done unit names                         |
+//! | `segswarm:{<job>}:claimed`        | set of units claimed and not given back        |
+//! | `segswarm:{<job>}:attempts`       | hash unit → failed attempts                    |
+//! | channel `segswarm:{<job>}:units`  | `done <unit>` / `free <unit>` notices          |
+//!
+//! Each operation is one script, so a claim, a compare-and-renew or a
+//! compare-and-delete is atomic however many pods race. Scripts are sent by
+//! hash (EVALSHA) and loaded by the redis crate on NOSCRIPT. The `claimed` set
+//! is what tells a takeover from a fresh claim: a unit is added when won and
+//! removed when its holder gives it back (complete, release), so winning a
+//! unit that is still a member means the previous holder's claim expired.
+//!
+//! This module never decides what to encode and never touches storage; it
+//! never panics on a Redis error: every failure becomes
+//! [`CoordError::Unavailable`] with the operation, job and unit in its text.
+
+mod notices;
+mod scripts;
+
+use super::{
+    new_token, ClaimOutcome, Completion, CoordError, Coordinator, Lease, Mode, WaitOutcome,
+};
+use crate::metrics::Metrics;
+use crate::plan::Unit;
+use crate::JobId;
+use ::redis::{FromRedisValue, RedisError, ScriptInvocation};
+use async_trait::async_trait;
+use deadpool_redis::{Manager, Pool, Runtime};
+use notices::{Notices, PubSubListener};
+use scripts::Scripts;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::DropGuard;
+
+/// How long a forgotten job's keys stay readable. Other pods may still be
+/// finishing or releasing units of the job (a cancel reaches them a little
+/// later, a batch in flight completes): if the keys were deleted at once,
+/// their late `complete`/`release` would recreate the sets without any
+/// expiry and leak them; a late pod would also lose the done set it still
+/// reads. Expiring them a day later bounds the leak and lets stragglers see
+/// consistent state. Claim keys expire on their own (PX).
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// When a claim key has no expiry (never written by us), how soon a waiter
+/// looks again.
+const NO_EXPIRY_RECHECK: Duration = Duration::from_secs(1);
+
+/// How a [`RedisCoordinator`] connects and how long its claims live. Plain
+/// values: nothing here opens a connection.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS).
+    pub url: String,
+    /// How long a claim lives without renewal.
+    pub claim_ttl: Duration,
+    /// Connections in the command pool (pub/sub has its own).
+    pub pool_size: usize,
+    /// Longest time one operation may take, connecting included, before it
+    /// fails as unavailable.
+    pub op_timeout: Duration,
+}
+
+impl RedisSettings {
+    /// Settings with a pool of 16 connections and a 3 s operation timeout.
+    pub fn new(url: impl Into<String>, claim_ttl: Duration) -> Self {
+        RedisSettings {
+            url: url.into(),
+            claim_ttl,
+            pool_size: 16,
+            op_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why a [`RedisCoordinator`] could not be set up (before any network I/O).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSetupError {
+    #[error("invalid Redis URL {url}: {source}")]
+    Url { url: String, source: RedisError },
+    #[error("creating the Redis connection pool for {url}: {source}")]
+    Pool {
+        url: String,
+        source: deadpool_redis::BuildError,
+    },
+    #[error("the claim TTL must be at least 1 ms")]
+    ClaimTtl,
+    #[error("the Redis coordinator must be created inside a Tokio runtime")]
+    NoRuntime,
+}
+
+/// What went wrong in one Redis round trip, before the operation adds its
+/// context.
+#[derive(Debug, thiserror::Error)]
+enum OpError {
+    #[error("no connection: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("{0}")]
+    Redis(#[from] RedisError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected reply: {0}")]
+    Reply(String),
+}
+
+impl OpError {
+    /// Whether the error says Redis cannot be reached (as opposed to Redis
+    /// answering something we did not expect).
+    fn is_outage(&self) -> bool {
+        match self {
+            OpError::Pool(_) | OpError::Timeout(_) => true,
+            OpError::Redis(err) => {
+                err.is_io_error()
+                    || err.is_connection_refusal()
+                    || err.is_connection_dropped()
+                    || err.is_timeout()
+                    || err.is_unrecoverable_error()
+            }
+            OpError::Reply(_) => false,
+        }
+    }
+}
+
+/// Names of one job's keys and channel; the only place that spells them, so
+/// no key can miss the job's hash tag.
+struct JobKeys {
+    /// `segswarm:{<job>}`
+    prefix: String,
+}
+
+impl JobKeys {
+    fn new(job: JobId) -> Self {
+        JobKeys {
+            prefix: format!("segswarm:{{{job}}}"),
+        }
+    }
+
+    fn claim(&self, unit: &Unit) -> String {
+        format!("{}:claim:{unit}", self.prefix)
+    }
+
+    fn done(&self) -> String {
+        format!("{}:done", self.prefix)
+    }
+
+    fn claimed(&self) -> String {
+        format!("{}:claimed", self.prefix)
+    }
+
+    fn attempts(&self) -> String {
+        format!("{}:attempts", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:units", self.prefix)
+    }
+}
+
+/// What a waiter found when it looked at a unit.
+enum Peek {
+    Done,
+    Free,
+    Held { remaining: Duration },
+}
+
+/// Coordination shared with other pods through Redis.
+///
+/// Owns a pool of command connections, the protocol's scripts and one
+/// dedicated pub/sub connection (a background task, stopped when this value
+/// is dropped) whose notices wake every waiter of this pod. It must never
+/// delete or extend a claim whose token is not the caller's.
+pub struct RedisCoordinator {
+    pool: Pool,
+    claim_ttl: Duration,
+    op_timeout: Duration,
+    scripts: Scripts,
+    notices: Notices,
+    metrics: Arc<Metrics>,
+    _listener: DropGuard,
+}
+
+impl RedisCoordinator {
+    /// Sets up the pool and starts the pub/sub listener. Does not need Redis
+    /// to answer yet: operations fail with [`CoordError::Unavailable`] until
+    /// it does, and the listener keeps retrying. Must be called inside a
+    /// Tokio runtime.
+    pub fn new(settings: RedisSettings, metrics: Arc<Metrics>) -> Result<Self, RedisSetupError> {
+        let url = redact(&settings.url);
+        if settings.claim_ttl < Duration::from_millis(1) {
+            return Err(RedisSetupError::ClaimTtl);
+        }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| RedisSetupError::NoRuntime)?;
+        let client = ::redis::Client::open(settings.url.as_str()).map_err(|source| {
+            RedisSetupError::Url {
+                url: url.clone(),
+                source,
+            }
+        })?;
+        let connection = ::redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(settings.op_timeout))
+            .set_response_timeout(Some(settings.op_timeout));
+        let manager =
+            Manager::new_with_config(settings.url.as_str(), connection).map_err(|source| {
+                RedisSetupError::Url {
+                    url: url.clone(),
+                    source,
+                }
+            })?;
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size.max(1))
+            .wait_timeout(Some(settings.op_timeout))
+            .create_timeout(Some(settings.op_timeout))
+            .recycle_timeout(Some(settings.op_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|source| RedisSetupError::Pool { url, source })?;
+        let (notices, listener) = PubSubListener::new(client, metrics.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        runtime.spawn(listener.run(stop.clone()));
+        Ok(RedisCoordinator {
+            pool,
+            claim_ttl: settings.claim_ttl,
+            op_timeout: settings.op_timeout,
+            scripts: Scripts::new(),
+            notices,
+            metrics,
+            _listener: stop.drop_guard(),
+        })
+    }
+
+    /// One round trip to Redis, for health checks and fallback probes.
+    pub async fn ping(&self) -> Result<(), CoordError> {
+        let fut = async {
+            let mut conn = self.pool.get().await?;
+            let _: String = ::redis::cmd("PING").query_async(&mut *conn).await?;
+            Ok(())
+        };
+        self.bounded(fut)
+            .await
+            .map_err(|err| unavailable("ping".into(), err))
+    }
+
+    /// Whether the pub/sub connection is subscribed right now.
+    pub fn notices_connected(&self) -> bool {
+        self.notices.connected()
+    }
+
+    /// Runs one script and records whether Redis answered.
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, OpError> {
+        let fut = async {
+            let mut conn = self.pool.get().await?;
+            Ok(invocation.invoke_async(&mut *conn).await?)
+        };
+        self.bounded(fut).await
+    }
+
+    /// Applies the operation timeout and sets `segswarm_redis_up`.
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, OpError>>,
+    ) -> Result<T, OpError> {
+        let result = match tokio::time::timeout(self.op_timeout, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(OpError::Timeout(self.op_timeout)),
+        };
+        let up = !matches!(&result, Err(err) if err.is_outage());
+        self.metrics.redis_up.set(i64::from(up));
+        result
+    }
+
+    async fn peek(&self, job: JobId, unit: &Unit) -> Result<Peek, OpError> {
+        let keys = JobKeys::new(job);
+        let (done, pttl): (i64, i64) = self
+            .invoke(
+                self.scripts
+                    .peek
+                    .key(keys.done())
+                    .key(keys.claim(unit))
+                    .arg(unit.to_string()),
+            )
+            .await?;
+        Ok(match (done, pttl) {
+            (1, _) => Peek::Done,
+            (_, -2) => Peek::Free,
+            (_, -1) => Peek::Held {
+                remaining: NO_EXPIRY_RECHECK,
+            },
+            (_, ms) => Peek::Held {
+                remaining: Duration::from_millis(ms.max(0).unsigned_abs()),
+            },
+        })
+    }
+}
+
+/// Replaces the password of a URL with `***` for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn unavailable(context: String, err: OpError) -> CoordError {
+    CoordError::Unavailable(format!("redis {context}: {err}"))
+}
+
+fn parse_claims(
+    job: JobId,
+    units: &[Unit],
+    worker_id: &str,
+    tokens: Vec<String>,
+    replies: Vec<(String, String)>,
+) -> Result<Vec<ClaimOutcome>, OpError> {
+    if replies.len() != units.len() {
+        return Err(OpError::Reply(format!(
+            "{} claim results for {} units",
+            replies.len(),
+            units.len()
+        )));
+    }
+    units
+        .iter()
+        .zip(tokens)
+        .zip(replies)
+        .map(|((unit, token), (status, detail))| match status.as_str() {
+            "done" => Ok(ClaimOutcome::Done),
+            "held" => Ok(ClaimOutcome::Held { holder: detail }),
+            "won" => Ok(ClaimOutcome::Won {
+                lease: Lease {
+                    job,
+                    unit: unit.clone(),
+                    token,
+                    worker_id: worker_id.to_string(),
+                },
+                takeover: detail == "takeover",
+            }),
+            other => Err(OpError::Reply(format!("claim status {other:?}"))),
+        })
+        .collect()
+}
+
+fn unit_list(units: &[Unit]) -> String {
+    let names: Vec<String> = units.iter().map(Unit::to_string).collect();
+    names.join(", ")
+}
+
+#[async_trait]
+impl Coordinator for RedisCoordinator {
+    fn mode(&self) -> Mode {
+        Mode::Distributed
+    }
+
+    fn claim_ttl(&self) -> Duration {
+        self.claim_ttl
+    }
+
+    async fn claim(
+        &self,
+        job: JobId,
+        units: &[Unit],
+        worker_id: &str,
+    ) -> Result<Vec<ClaimOutcome>, CoordError> {
+        if units.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = JobKeys::new(job);
+        let tokens: Vec<String> = units.iter().map(|_| new_token()).collect();
+        let mut invocation = self.scripts.claim.prepare_invoke();
+        invocation
+            .key(keys.done())
+            .key(keys.claimed())
+            .arg(self.claim_ttl.as_millis().max(1) as u64)
+            .arg(worker_id);
+        for (unit, token) in units.iter().zip(&tokens) {
+            invocation
+                .key(keys.claim(unit))
+                .arg(unit.to_string())
+                .arg(token);
+        }
+        let started = Instant::now();
+        let result = self
+            .invoke::<Vec<(String, String)>>(&invocation)
+            .await
+            .and_then(|replies| parse_claims(job, units, worker_id, tokens, replies));
+        self.metrics
+            .claim_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let claims = &self.metrics.claims;
+        match result {
+            Ok(outcomes) => {
+                for outcome in &outcomes {
+                    let label = match outcome {
+                        ClaimOutcome::Won { takeover, .. } => {
+                            if *takeover {
+                                self.metrics.takeovers.inc();
+                            }
+                            "won"
+                        }
+                        ClaimOutcome::Held { .. } => "held",
+                        ClaimOutcome::Done => "already_done",
+                    };
+                    claims.with_label_values(&[label]).inc();
+                }
+                Ok(outcomes)
+            }
+            Err(err) => {
+                claims
+                    .with_label_values(&["error"])
+                    .inc_by(units.len() as u64);
+                Err(unavailable(
+                    format!("claim of job {job} units [{}]", unit_list(units)),
+                    err,
+                ))
+            }
+        }
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<bool, CoordError> {
+        let keys = JobKeys::new(lease.job);
+        let result: Result<i64, OpError> = self
+            .invoke(
+                self.scripts
+                    .renew
+                    .key(keys.claim(&lease.unit))
+                    .arg(&lease.token)
+                    .arg(self.claim_ttl.as_millis().max(1) as u64),
+            )
+            .await;
+        let renewals = &self.metrics.lease_renewals;
+        match result {
+            Ok(renewed) => {
+                let renewed = renewed == 1;
+                let label = if renewed { "renewed" } else { "lost" };
+                renewals.with_label_values(&[label]).inc();
+                Ok(renewed)
+            }
+            Err(err) => {
+                renewals.with_label_values(&["error"]).inc();
+                Err(unavailable(
+                    format!("renew of job {} unit {}", lease.job, lease.unit),
+                    err,
+                ))
+            }
+        }
+    }
+
+    async fn complete(&self, lease: &Lease) -> Result<Completion, CoordError> {
+        let keys = JobKeys::new(lease.job);
+        let ours: i64 = self
+            .invoke(
+                self.scripts
+                    .complete
+                    .key(keys.done())
+                    .key(keys.claimed())
+                    .key(keys.claim(&lease.unit))
+                    .arg(lease.unit.to_string())
+                    .arg(&lease.token)
+                    .arg(keys.channel()),
+            )
+            .await
+            .map_err(|err| {
+                unavailable(
+                    format!("complete of job {} unit {}", lease.job, lease.unit),
+                    err,
+                )
+            })?;
+        Ok(if ours == 1 {
+            Completion::Completed
+        } else {
+            Completion::CompletedAfterLoss
+        })
+    }
+
+    async fn release(&self, lease: &Lease, failed: bool) -> Result<u32, CoordError> {
+        let keys = JobKeys::new(lease.job);
+        let attempts: i64 = self
+            .invoke(
+                self.scripts
+                    .release
+                    .key(keys.claim(&lease.unit))
+                    .key(keys.claimed())
+                    .key(keys.attempts())
+                    .arg(lease.unit.to_string())
+                    .arg(&lease.token)
+                    .arg(if failed { "1" } else { "0" })
+                    .arg(keys.channel()),
+            )
+            .await
+            .map_err(|err| {
+                unavailable(
+                    format!("release of job {} unit {}", lease.job, lease.unit),
+                    err,
+                )
+            })?;
+        Ok(u32::try_from(attempts.max(0)).unwrap_or(u32::MAX))
+    }
+
+    async fn mark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError> {
+        let keys = JobKeys::new(job);
+        let _: i64 = self
+            .invoke(
+                self.scripts
+                    .mark_done
+                    .key(keys.done())
+                    .arg(unit.to_string())
+                    .arg(keys.channel()),
+            )
+            .await
+            .map_err(|err| unavailable(format!("mark_done of job {job} unit {unit}"), err))?;
+        Ok(())
+    }
+
+    async fn wait_for(
+        &self,
+        job: JobId,
+        unit: &Unit,
+        timeout: Duration,
+    ) -> Result<WaitOutcome, CoordError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        self.metrics.unit_waits.inc();
+        // Subscribe first: a notice sent after the check below is queued on
+        // this receiver, so a completion between check and wait is not lost.
+        let mut waiter = self.notices.waiter(job, unit);
+        let result = loop {
+            let connected = waiter.link_connected();
+            let found = match self.peek(job, unit).await {
+                Ok(found) => found,
+                Err(err) => break Err(unavailable(format!("wait for job {job} unit {unit}"), err)),
+            };
+            let remaining = match found {
+                Peek::Done => break Ok(WaitOutcome::Done),
+                Peek::Free => break Ok(WaitOutcome::Free),
+                Peek::Held { remaining } => remaining,
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                break Ok(WaitOutcome::StillHeld);
+            }
+            // Wake on a notice, a pub/sub reconnect (notices may have been
+            // lost), the claim's expiry (its holder may have died) or the
+            // deadline, whichever comes first; then look again.
+            let wake = (now + remaining + Duration::from_millis(1)).min(deadline);
+            waiter.wait(wake, connected).await;
+        };
+        self.metrics
+            .unit_wait_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn forget(&self, job: JobId) -> Result<(), CoordError> {
+        let keys = JobKeys::new(job);
+        let _: i64 = self
+            .invoke(
+                self.scripts
+                    .forget
+                    .key(keys.done())
+                    .key(keys.claimed())
+                    .key(keys.attempts())
+                    .arg(FORGET_AFTER.as_secs()),
+            )
+            .await
+            .map_err(|err| unavailable(format!("forget of job {job}"), err))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_job_hash_tag() {
+        let job = JobId::new_v4();
+        let keys = JobKeys::new(job);
+        let unit = Unit::Video {
+            rendition: "240p".into(),
+            index: 3,
+        };
+        let tag = format!("{{{job}}}");
+        for key in [
+            keys.claim(&unit),
+            keys.done(),
+            keys.claimed(),
+            keys.attempts(),
+            keys.channel(),
+        ] {
+            assert!(key.starts_with(&format!("segswarm:{tag}:")), "{key}");
+        }
+        assert_eq!(
+            keys.claim(&unit),
+            format!("segswarm:{tag}:claim:video/240p/3")
+        );
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("redis://:secret@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
+        assert_eq!(redact("rediss://me:secret@host"), "rediss://me:***@host");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+}

@@ -1,0 +1,268 @@
+//! A real `redis-server` on a free loopback port, for tests of the Redis
+//! coordinator and of pods in distributed mode.
+//!
+//! [`RedisServer`] owns the child process: it never persists anything
+//! (`--save "" --appendonly no`), can be stopped and started again on the same
+//! port (restart tests), and is killed when dropped. [`RedisServer::start_tls`]
+//! runs one that speaks only TLS and wants a password, with a throwaway CA
+//! made by `openssl`.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process on `127.0.0.1:<port>`.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    tls: Option<Tls>,
+}
+
+/// A TLS-only server's files and password.
+struct Tls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    password: String,
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port and waits until it answers
+    /// PING.
+    pub fn start() -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+            tls: None,
+        };
+        server.start_again();
+        server
+    }
+
+    /// Starts a TLS-only server that requires `password`, with a CA and a
+    /// certificate for 127.0.0.1 generated in `dir`. [`RedisServer::url`] is
+    /// then `rediss://:<password>@127.0.0.1:<port>/`; clients must trust
+    /// [`RedisServer::ca_file`]. [`RedisServer::command`] and friends speak
+    /// plain TCP and do not work with it.
+    pub fn start_tls(dir: &Path, password: &str) -> RedisServer {
+        let tls = Tls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            password: password.to_string(),
+        };
+        let ca_key = dir.join("ca.key");
+        let csr = dir.join("server.csr");
+        let ext = dir.join("server.ext");
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+            .unwrap_or_else(|e| panic!("write {}: {e}", ext.display()));
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("spawn openssl: {e}"));
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let os = |text: &'static str| std::ffi::OsStr::new(text);
+        openssl(&[
+            os("req"),
+            os("-x509"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+            os("-keyout"),
+            ca_key.as_os_str(),
+            os("-out"),
+            tls.ca.as_os_str(),
+            os("-days"),
+            os("2"),
+            os("-subj"),
+            os("/CN=segswarm-test-ca"),
+        ]);
+        openssl(&[
+            os("req"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+            os("-keyout"),
+            tls.key.as_os_str(),
+            os("-out"),
+            csr.as_os_str(),
+            os("-subj"),
+            os("/CN=127.0.0.1"),
+        ]);
+        openssl(&[
+            os("x509"),
+            os("-req"),
+            os("-in"),
+            csr.as_os_str(),
+            os("-CA"),
+            tls.ca.as_os_str(),
+            os("-CAkey"),
+            ca_key.as_os_str(),
+            os("-CAcreateserial"),
+            os("-out"),
+            tls.cert.as_os_str(),
+            os("-days"),
+            os("2"),
+            os("-extfile"),
+            ext.as_os_str(),
+        ]);
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+            tls: Some(tls),
+        };
+        server.start_again();
+        server
+    }
+
+    /// The CA a client must trust to talk to a TLS server.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|tls| tls.ca.as_path())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>/`
+    pub fn url(&self) -> String {
+        match &self.tls {
+            Some(tls) => format!("rediss://:{}@127.0.0.1:{}/", tls.password, self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// Kills the server (like a crash: no shutdown save) and waits for it to
+    /// exit. Does nothing when it is not running.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (empty: nothing is saved) and
+    /// waits until it answers PING.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "redis-server is already running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut command = Command::new("redis-server");
+            match &self.tls {
+                Some(tls) => command
+                    .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca)
+                    .args(["--tls-auth-clients", "no"])
+                    .args(["--requirepass", &tls.password]),
+                None => command.args(["--port", &self.port.to_string()]),
+            };
+            let mut child = command
+                .args(["--bind", "127.0.0.1"])
+                .args(["--save", ""])
+                .args(["--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn redis-server: {e}"));
+            // The port may still be held for a moment after a stop; a server
+            // that exits at once is retried.
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if self.ping() {
+                    self.child = Some(child);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the server answers PING right now (for a TLS server: whether
+    /// it accepts connections).
+    pub fn ping(&self) -> bool {
+        if self.tls.is_some() {
+            return TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+        }
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        client
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn))
+            .is_ok_and(|pong| pong == "PONG")
+    }
+
+    /// A plain synchronous connection for checks in tests.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(2)))
+            .unwrap_or_else(|e| panic!("connecting to redis-server on {}: {e}", self.port))
+    }
+
+    /// Runs one command and returns its reply.
+    pub fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut self.connection())
+            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+
+    pub fn flushall(&self) {
+        let _: String = self.command(&["FLUSHALL"]);
+    }
+
+    /// Every key matching `pattern` (SCAN, not KEYS, as an operator would).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut conn = self.connection();
+        let mut keys: Vec<String> = redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .clone()
+            .iter(&mut conn)
+            .unwrap_or_else(|e| panic!("SCAN {pattern}: {e}"))
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("SCAN {pattern}: {e}"));
+        keys.sort();
+        keys
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or_else(|e| panic!("finding a free port: {e}"))
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
