@@ -64,13 +64,17 @@ impl Default for WorkerSettings {
     }
 }
 
-/// One slot per core: each batch runs x264 with one or two threads, so this
-/// keeps every core busy without oversubscribing much.
+/// Cores + 2. In one batch the filter graph and the encoders of the
+/// one-thread renditions share ffmpeg's main thread, so a batch keeps about
+/// one core busy, with gaps while it seeks and decodes up to its first
+/// frame; two extra slots fill those gaps. Measured on 2 cores with a 60 s
+/// 720p source and 4 renditions: 2 slots 55 s, 3 slots 36 s, 4 slots 34 s,
+/// one plain ffmpeg for the whole ladder 37 s (docs/benchmarks.md).
 pub fn default_slots() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-        .max(1)
+        + 2
 }
 
 /// How a job ended.
