@@ -47,7 +47,7 @@ pub struct ServeArgs {
     /// Name of this pod in claims (default: the hostname).
     #[arg(long, env = "SEGSWARM_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// ffmpeg batches run at once (default: number of cores).
+    /// ffmpeg batches run at once (default: cores + 2, see docs/benchmarks.md).
     #[arg(long, env = "SEGSWARM_SLOTS")]
     pub slots: Option<usize>,
     /// Lifetime of a claim without renewal, in milliseconds.
@@ -161,7 +161,7 @@ pub struct TranscodeArgs {
     /// rungs above the source's size are dropped.
     #[arg(long, default_value = "240p,360p,480p,720p,1080p")]
     pub ladder: String,
-    /// ffmpeg batches run at once (default: number of cores).
+    /// ffmpeg batches run at once (default: cores + 2, see docs/benchmarks.md).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// x264 preset.
