@@ -104,6 +104,18 @@ pub struct ServeArgs {
     /// Seconds an HTTP request for a missing segment may wait for it.
     #[arg(long, env = "SEGSWARM_SEGMENT_WAIT", default_value_t = 120)]
     pub segment_wait: u64,
+    /// Redis for claims shared with other pods (`redis://` or `rediss://`,
+    /// password in the URL). Unset: local mode, this pod alone.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Keep working with local claims while Redis is unreachable (true), or
+    /// report not ready and retry (false).
+    #[arg(long, env = "SEGSWARM_FALLBACK_TO_LOCAL", default_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub fallback_to_local: bool,
+    /// Redis connections in the pool.
+    #[arg(long, env = "SEGSWARM_REDIS_POOL_SIZE", default_value_t = 16)]
+    pub redis_pool_size: usize,
 }
 
 /// Where the pod's API is and how to authenticate.
@@ -240,6 +252,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         defaults,
         prefetch_segments: args.prefetch_segments,
         segment_wait: Duration::from_secs(args.segment_wait.max(1)),
+        redis_url: args.redis_url.filter(|url| !url.trim().is_empty()),
+        fallback_to_local: args.fallback_to_local,
+        redis_pool_size: args.redis_pool_size.max(1),
     };
     segswarm::pod::run(config).await?;
     Ok(ExitCode::SUCCESS)

@@ -263,6 +263,11 @@ pub struct PodConfig {
     pub prefetch_segments: usize,
     /// How long an HTTP request for a missing segment may wait for it.
     pub segment_wait: std::time::Duration,
+    /// Redis for coordination with other pods; `None` = local mode.
+    pub redis_url: Option<String>,
+    /// Keep working with local claims while Redis is unreachable.
+    pub fallback_to_local: bool,
+    pub redis_pool_size: usize,
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub pubsub_reconnects: IntCounter,
     /// 1 while the last Redis operation succeeded, 0 after one failed.
     pub redis_up: IntGauge,
+    pub mode: IntGaugeVec,
+    pub fallbacks: IntCounter,
 }
 
 fn buckets_seconds() -> Vec<f64> {
@@ -185,8 +187,21 @@ impl Metrics {
             "segswarm_redis_up",
             "1 while the last Redis operation succeeded, 0 after one failed",
         )?;
+        let mode = IntGaugeVec::new(
+            Opts::new(
+                "segswarm_mode",
+                "1 for the coordination mode in force (distributed or local)",
+            ),
+            &["mode"],
+        )?;
+        let fallbacks = IntCounter::new(
+            "segswarm_fallbacks_total",
+            "Switches from Redis to local coordination because Redis was unreachable",
+        )?;
         for collector in [
             Box::new(units_completed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(mode.clone()),
+            Box::new(fallbacks.clone()),
             Box::new(units_failed.clone()),
             Box::new(units_skipped.clone()),
             Box::new(unit_encode_seconds.clone()),
@@ -237,6 +252,8 @@ impl Metrics {
             unit_wait_seconds,
             pubsub_reconnects,
             redis_up,
+            mode,
+            fallbacks,
         })
     }
 

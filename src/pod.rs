@@ -9,7 +9,8 @@
 
 use crate::api::{self, AppState, Health};
 use crate::config::PodConfig;
-use crate::coord::{Coordinator, LocalCoordinator};
+use crate::coord::redis::RedisSettings;
+use crate::coord::{Coordinator, FallbackCoordinator, LocalCoordinator, RedisCoordinator};
 use crate::jobs::{JobManager, JobSettings};
 use crate::metrics::Metrics;
 use crate::storage::{Storage, StorageError};
@@ -24,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How often storage is checked for `/readyz`.
 const STORAGE_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// How often the coordination backend is checked for `/readyz`.
+const COORDINATION_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a pod could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,31 @@ pub enum PodError {
     },
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Redis(#[from] crate::coord::redis::RedisSetupError),
+}
+
+/// Local claims without `REDIS_URL`; Redis with it, wrapped in the fallback
+/// to local claims unless that is turned off.
+fn coordinator(
+    config: &PodConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn Coordinator>, PodError> {
+    let Some(url) = &config.redis_url else {
+        metrics.mode.with_label_values(&["local"]).set(1);
+        metrics.mode.with_label_values(&["distributed"]).set(0);
+        return Ok(Arc::new(LocalCoordinator::new(config.claim_ttl)));
+    };
+    let mut settings = RedisSettings::new(url.clone(), config.claim_ttl);
+    settings.pool_size = config.redis_pool_size;
+    let redis = RedisCoordinator::new(settings, metrics.clone())?;
+    if config.fallback_to_local {
+        Ok(Arc::new(FallbackCoordinator::new(redis, metrics.clone())))
+    } else {
+        metrics.mode.with_label_values(&["distributed"]).set(1);
+        metrics.mode.with_label_values(&["local"]).set(0);
+        Ok(Arc::new(redis))
+    }
 }
 
 /// Runs a pod until SIGTERM or SIGINT, then shuts it down gracefully.
@@ -51,7 +79,14 @@ pub async fn run(config: PodConfig) -> Result<(), PodError> {
     let storage = Storage::new(&config.storage_dir);
     storage.check_writable()?;
     let metrics = Arc::new(Metrics::new()?);
-    let coord: Arc<dyn Coordinator> = Arc::new(LocalCoordinator::new(config.claim_ttl));
+    let shutdown = CancellationToken::new();
+    let health = Arc::new(Health::default());
+    let coord = coordinator(&config, &metrics)?;
+    tokio::spawn(watch_coordination(
+        coord.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let worker = Arc::new(Worker::start(
         WorkerSettings {
             worker_id: config.worker_id.clone(),
@@ -84,8 +119,6 @@ pub async fn run(config: PodConfig) -> Result<(), PodError> {
     if resumed > 0 {
         tracing::info!("resuming {resumed} unfinished job(s) from storage");
     }
-    let shutdown = CancellationToken::new();
-    let health = Arc::new(Health::default());
     tokio::spawn(watch_storage(
         storage.clone(),
         health.clone(),
@@ -155,6 +188,26 @@ pub async fn run(config: PodConfig) -> Result<(), PodError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps `/readyz` honest about coordination: without the fallback, a pod
+/// that cannot reach Redis cannot take work and says so (it keeps retrying).
+async fn watch_coordination(
+    coord: Arc<dyn Coordinator>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    loop {
+        let problem = coord.check().await;
+        *health
+            .coordination_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = problem;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(COORDINATION_CHECK_EVERY) => {}
+        }
+    }
 }
 
 /// Keeps `/readyz` honest about storage: a folder that cannot be written (a

@@ -41,6 +41,7 @@ pub struct AppState {
 pub struct Health {
     pub shutting_down: AtomicBool,
     pub storage_problem: Mutex<Option<String>>,
+    pub coordination_problem: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -49,13 +50,10 @@ impl Health {
         if self.shutting_down.load(Ordering::Relaxed) {
             problems.push("shutting down".to_string());
         }
-        if let Some(problem) = self
-            .storage_problem
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            problems.push(problem);
+        for slot in [&self.storage_problem, &self.coordination_problem] {
+            if let Some(problem) = slot.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                problems.push(problem);
+            }
         }
         problems
     }

@@ -6,6 +6,7 @@
 //! decides claims and carries notices; storage stays the truth for outputs,
 //! so a coordinator never creates or deletes files.
 
+pub mod fallback;
 pub mod local;
 pub mod redis;
 
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use std::time::Duration;
 
 pub use self::redis::{RedisCoordinator, RedisSettings, RedisSetupError};
+pub use fallback::FallbackCoordinator;
 pub use local::LocalCoordinator;
 
 /// Errors from the coordination backend (the network, Redis).
@@ -95,6 +97,12 @@ pub trait Coordinator: Send + Sync {
 
     /// How long a claim lives without renewal.
     fn claim_ttl(&self) -> Duration;
+
+    /// Checks the backend; a problem that should make the pod not ready
+    /// (work cannot be coordinated) is returned as text.
+    async fn check(&self) -> Option<String> {
+        None
+    }
 
     /// Tries to claim each of `units` of `job` (atomically per unit, all in
     /// one round trip); one outcome per unit, in order.

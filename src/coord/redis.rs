@@ -371,6 +371,13 @@ fn unit_list(units: &[Unit]) -> String {
 
 #[async_trait]
 impl Coordinator for RedisCoordinator {
+    async fn check(&self) -> Option<String> {
+        self.ping()
+            .await
+            .err()
+            .map(|err| format!("cannot coordinate: {err}"))
+    }
+
     fn mode(&self) -> Mode {
         Mode::Distributed
     }

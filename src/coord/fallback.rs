@@ -1,0 +1,277 @@
+//! Redis coordination that falls back to in-process claims when Redis cannot
+//! be reached, and returns when it answers again (DESIGN "Local mode and
+//! fallback").
+//!
+//! Owns the switch between the two coordinators, the record of which leases
+//! were issued locally, and the units finished while local, which it
+//! re-publishes to Redis on the way back. While local, two pods may encode
+//! the same unit: wasteful, never wrong, because outputs are deterministic
+//! and published by atomic rename. It never fails a unit because Redis is
+//! away.
+
+use super::{
+    ClaimOutcome, Completion, CoordError, Coordinator, Lease, LocalCoordinator, Mode,
+    RedisCoordinator, WaitOutcome,
+};
+use crate::metrics::Metrics;
+use crate::plan::Unit;
+use crate::JobId;
+use async_trait::async_trait;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// How often Redis is probed while the pod works locally.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Redis first, the in-process coordinator while Redis is away.
+pub struct FallbackCoordinator {
+    shared: Arc<Shared>,
+    _probe: DropGuard,
+}
+
+struct Shared {
+    redis: RedisCoordinator,
+    local: LocalCoordinator,
+    local_mode: AtomicBool,
+    /// Tokens of leases the local coordinator issued.
+    local_tokens: Mutex<HashSet<String>>,
+    /// Units completed while Redis was away, to re-publish to it.
+    unpublished: Mutex<Vec<(JobId, Unit)>>,
+    metrics: Arc<Metrics>,
+}
+
+impl FallbackCoordinator {
+    /// Wraps `redis`; starts in distributed mode and probes in the
+    /// background whenever it had to fall back. Must run inside Tokio.
+    pub fn new(redis: RedisCoordinator, metrics: Arc<Metrics>) -> Self {
+        let local = LocalCoordinator::new(redis.claim_ttl());
+        let shared = Arc::new(Shared {
+            redis,
+            local,
+            local_mode: AtomicBool::new(false),
+            local_tokens: Mutex::new(HashSet::new()),
+            unpublished: Mutex::new(Vec::new()),
+            metrics,
+        });
+        shared.show_mode();
+        let stop = CancellationToken::new();
+        tokio::spawn(probe(Arc::downgrade(&shared), stop.clone()));
+        FallbackCoordinator {
+            shared,
+            _probe: stop.drop_guard(),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn is_local(&self) -> bool {
+        self.local_mode.load(Ordering::Relaxed)
+    }
+
+    fn show_mode(&self) {
+        let local = self.is_local();
+        let gauge = &self.metrics.mode;
+        gauge.with_label_values(&["local"]).set(i64::from(local));
+        gauge
+            .with_label_values(&["distributed"])
+            .set(i64::from(!local));
+    }
+
+    /// Switches to local coordination after a Redis error.
+    fn fall_back(&self, error: &CoordError) {
+        if !self.local_mode.swap(true, Ordering::Relaxed) {
+            tracing::warn!("Redis unavailable, coordinating locally until it answers: {error}");
+            self.metrics.fallbacks.inc();
+            self.show_mode();
+        }
+    }
+
+    fn is_local_lease(&self, lease: &Lease) -> bool {
+        lock(&self.local_tokens).contains(&lease.token)
+    }
+
+    fn remember_unpublished(&self, job: JobId, unit: &Unit) {
+        lock(&self.unpublished).push((job, unit.clone()));
+    }
+
+    /// Re-publishes what was finished locally; returns false if Redis failed
+    /// again on the way.
+    async fn republish(&self) -> bool {
+        let pending: Vec<(JobId, Unit)> = std::mem::take(&mut *lock(&self.unpublished));
+        for (index, (job, unit)) in pending.iter().enumerate() {
+            if self.redis.mark_done(*job, unit).await.is_err() {
+                lock(&self.unpublished).extend(pending[index..].iter().cloned());
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// While local, pings Redis every [`PROBE_EVERY`]; once it answers and the
+/// units finished meanwhile are published, switches back.
+async fn probe(shared: std::sync::Weak<Shared>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if !shared.is_local() {
+            continue;
+        }
+        if shared.redis.ping().await.is_ok() && shared.republish().await {
+            shared.local_mode.store(false, Ordering::Relaxed);
+            shared.show_mode();
+            tracing::info!("Redis answers again: back to distributed coordination");
+        }
+    }
+}
+
+#[async_trait]
+impl Coordinator for FallbackCoordinator {
+    fn mode(&self) -> Mode {
+        if self.shared.is_local() {
+            Mode::Local
+        } else {
+            Mode::Distributed
+        }
+    }
+
+    fn claim_ttl(&self) -> Duration {
+        self.shared.redis.claim_ttl()
+    }
+
+    /// Pings Redis while distributed, so an idle pod notices an outage too.
+    /// Never a readiness problem: the fallback keeps the pod working.
+    async fn check(&self) -> Option<String> {
+        let shared = &self.shared;
+        if !shared.is_local() {
+            if let Err(err) = shared.redis.ping().await {
+                shared.fall_back(&err);
+            }
+        }
+        None
+    }
+
+    async fn claim(
+        &self,
+        job: JobId,
+        units: &[Unit],
+        worker_id: &str,
+    ) -> Result<Vec<ClaimOutcome>, CoordError> {
+        let shared = &self.shared;
+        if !shared.is_local() {
+            match shared.redis.claim(job, units, worker_id).await {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(err) => shared.fall_back(&err),
+            }
+        }
+        let outcomes = shared.local.claim(job, units, worker_id).await?;
+        let mut tokens = lock(&shared.local_tokens);
+        for outcome in &outcomes {
+            if let ClaimOutcome::Won { lease, .. } = outcome {
+                tokens.insert(lease.token.clone());
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<bool, CoordError> {
+        let shared = &self.shared;
+        if shared.is_local_lease(lease) {
+            return shared.local.renew(lease).await;
+        }
+        match shared.redis.renew(lease).await {
+            Ok(held) => Ok(held),
+            Err(err) => {
+                // Keep encoding: losing Redis is not losing the lease.
+                shared.fall_back(&err);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn complete(&self, lease: &Lease) -> Result<Completion, CoordError> {
+        let shared = &self.shared;
+        if shared.is_local_lease(lease) {
+            lock(&shared.local_tokens).remove(&lease.token);
+            shared.remember_unpublished(lease.job, &lease.unit);
+            return shared.local.complete(lease).await;
+        }
+        match shared.redis.complete(lease).await {
+            Ok(completion) => Ok(completion),
+            Err(err) => {
+                shared.fall_back(&err);
+                shared.remember_unpublished(lease.job, &lease.unit);
+                shared.local.mark_done(lease.job, &lease.unit).await?;
+                Ok(Completion::Completed)
+            }
+        }
+    }
+
+    async fn release(&self, lease: &Lease, failed: bool) -> Result<u32, CoordError> {
+        let shared = &self.shared;
+        if shared.is_local_lease(lease) {
+            lock(&shared.local_tokens).remove(&lease.token);
+            return shared.local.release(lease, failed).await;
+        }
+        match shared.redis.release(lease, failed).await {
+            Ok(attempts) => Ok(attempts),
+            Err(err) => {
+                shared.fall_back(&err);
+                shared.local.release(lease, failed).await
+            }
+        }
+    }
+
+    async fn mark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError> {
+        let shared = &self.shared;
+        shared.local.mark_done(job, unit).await?;
+        if shared.is_local() {
+            shared.remember_unpublished(job, unit);
+            return Ok(());
+        }
+        if let Err(err) = shared.redis.mark_done(job, unit).await {
+            shared.fall_back(&err);
+            shared.remember_unpublished(job, unit);
+        }
+        Ok(())
+    }
+
+    async fn wait_for(
+        &self,
+        job: JobId,
+        unit: &Unit,
+        timeout: Duration,
+    ) -> Result<WaitOutcome, CoordError> {
+        let shared = &self.shared;
+        if !shared.is_local() {
+            match shared.redis.wait_for(job, unit, timeout).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(err) => shared.fall_back(&err),
+            }
+        }
+        shared.local.wait_for(job, unit, timeout).await
+    }
+
+    async fn forget(&self, job: JobId) -> Result<(), CoordError> {
+        let shared = &self.shared;
+        shared.local.forget(job).await?;
+        if !shared.is_local() {
+            if let Err(err) = shared.redis.forget(job).await {
+                shared.fall_back(&err);
+            }
+        }
+        Ok(())
+    }
+}
