@@ -339,6 +339,9 @@ impl Worker {
             failure_streak: Mutex::new(BTreeSet::new()),
             paused_until: Mutex::new(None),
         });
+        if let Some(completions) = shared.coord.completions() {
+            tokio::spawn(follow_completions(Arc::downgrade(&shared), completions));
+        }
         let mut slots = JoinSet::new();
         for _ in 0..shared.settings.slots.max(1) {
             let shared = shared.clone();
@@ -531,6 +534,33 @@ impl Worker {
                         shared
                             .tasks
                             .spawn(async move { owner.run_claimed(claimed).await });
+                    } else if matches!(job.lock().units.get(unit), Some(UnitState::Pending { .. }))
+                    {
+                        // Another pod holds it: wake on its completion notice
+                        // or when its claim expires, not on a poll.
+                        let wait = deadline
+                            .saturating_duration_since(Instant::now())
+                            .min(shared.coord.claim_ttl());
+                        tokio::select! {
+                            outcome = shared.coord.wait_for(id, unit, wait) => {
+                                if let Err(err) = outcome {
+                                    tracing::warn!(job = %id, unit = %unit, "waiting for another pod: {err}");
+                                    tokio::time::sleep(shared.settings.held_recheck).await;
+                                }
+                            }
+                            _ = job.cancel.cancelled() => {}
+                        }
+                        let mut state = job.lock();
+                        if let Some(UnitState::Pending { .. }) = state.units.get(unit) {
+                            state.units.insert(
+                                unit.clone(),
+                                UnitState::Pending {
+                                    not_before: Instant::now(),
+                                },
+                            );
+                        }
+                        drop(state);
+                        continue;
                     }
                 }
                 Some(UnitState::Running) | None => {}
@@ -703,8 +733,12 @@ impl Shared {
                         self.unit_done(job, unit).await;
                     } else {
                         // Marked done but its file is missing: storage wins,
-                        // the unit is made again once the claim is free.
-                        let recheck = Instant::now() + self.settings.held_recheck;
+                        // the unit is made again.
+                        tracing::warn!(job = %id, unit = %unit, "marked done but its output is missing: redoing it");
+                        if let Err(err) = self.coord.unmark_done(id, unit).await {
+                            tracing::warn!(job = %id, unit = %unit, "unmarking: {err}");
+                        }
+                        let recheck = Instant::now();
                         job.lock().units.insert(
                             unit.clone(),
                             UnitState::Pending {
@@ -1016,6 +1050,32 @@ impl Shared {
             job: job.id(),
             outcome,
         });
+    }
+}
+
+/// Learns what other pods finished: a unit announced done whose output is
+/// on storage is done here too (progress, playlists, the job's end).
+async fn follow_completions(
+    shared: std::sync::Weak<Shared>,
+    mut completions: broadcast::Receiver<(JobId, Unit)>,
+) {
+    loop {
+        let (id, unit) = match completions.recv().await {
+            Ok(notice) => notice,
+            // Missed notices are found when the units are next looked at
+            // (storage is checked before every claim).
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let job = shared.lock_jobs().iter().find(|j| j.id() == id).cloned();
+        if let Some(job) = job {
+            if job.plan.contains(&unit) && job.layout.is_done(&unit) {
+                shared.unit_done(&job, &unit).await;
+            }
+        }
     }
 }
 

@@ -151,6 +151,10 @@ impl Coordinator for FallbackCoordinator {
         self.shared.redis.claim_ttl()
     }
 
+    fn completions(&self) -> Option<tokio::sync::broadcast::Receiver<(JobId, Unit)>> {
+        Some(self.shared.redis.completions())
+    }
+
     /// Pings Redis while distributed, so an idle pod notices an outage too.
     /// Never a readiness problem: the fallback keeps the pod working.
     async fn check(&self) -> Option<String> {
@@ -244,6 +248,17 @@ impl Coordinator for FallbackCoordinator {
         if let Err(err) = shared.redis.mark_done(job, unit).await {
             shared.fall_back(&err);
             shared.remember_unpublished(job, unit);
+        }
+        Ok(())
+    }
+
+    async fn unmark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError> {
+        let shared = &self.shared;
+        shared.local.unmark_done(job, unit).await?;
+        if !shared.is_local() {
+            if let Err(err) = shared.redis.unmark_done(job, unit).await {
+                shared.fall_back(&err);
+            }
         }
         Ok(())
     }

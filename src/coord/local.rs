@@ -173,6 +173,11 @@ impl Coordinator for LocalCoordinator {
         Ok(())
     }
 
+    async fn unmark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError> {
+        self.lock().done.remove(&(job, unit.clone()));
+        Ok(())
+    }
+
     async fn wait_for(
         &self,
         job: JobId,

@@ -98,6 +98,12 @@ pub trait Coordinator: Send + Sync {
     /// How long a claim lives without renewal.
     fn claim_ttl(&self) -> Duration;
 
+    /// Completion notices of every pod, when the backend has them (Redis);
+    /// the worker uses them to learn what other pods finished.
+    fn completions(&self) -> Option<tokio::sync::broadcast::Receiver<(JobId, Unit)>> {
+        None
+    }
+
     /// Checks the backend; a problem that should make the pod not ready
     /// (work cannot be coordinated) is returned as text.
     async fn check(&self) -> Option<String> {
@@ -127,6 +133,10 @@ pub trait Coordinator: Send + Sync {
 
     /// Records that a unit is done because its output was found on storage.
     async fn mark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError>;
+
+    /// Takes a unit off the done set because its output is missing on
+    /// storage (storage is the truth), so it can be claimed and made again.
+    async fn unmark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError>;
 
     /// Waits until `unit` is done, or free to claim, or `timeout` passes.
     /// Subscribes before checking, so a completion is never missed.

@@ -251,6 +251,11 @@ impl RedisCoordinator {
             .map_err(|err| unavailable("ping".into(), err))
     }
 
+    /// Units announced done by any pod, from now on.
+    pub fn completions(&self) -> tokio::sync::broadcast::Receiver<(JobId, Unit)> {
+        self.notices.completions()
+    }
+
     /// Whether the pub/sub connection is subscribed right now.
     pub fn notices_connected(&self) -> bool {
         self.notices.connected()
@@ -371,6 +376,10 @@ fn unit_list(units: &[Unit]) -> String {
 
 #[async_trait]
 impl Coordinator for RedisCoordinator {
+    fn completions(&self) -> Option<tokio::sync::broadcast::Receiver<(JobId, Unit)>> {
+        Some(self.notices.completions())
+    }
+
     async fn check(&self) -> Option<String> {
         self.ping()
             .await
@@ -539,6 +548,20 @@ impl Coordinator for RedisCoordinator {
             )
             .await
             .map_err(|err| unavailable(format!("mark_done of job {job} unit {unit}"), err))?;
+        Ok(())
+    }
+
+    async fn unmark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError> {
+        let keys = JobKeys::new(job);
+        let _: i64 = self
+            .invoke(
+                self.scripts
+                    .unmark_done
+                    .key(keys.done())
+                    .arg(unit.to_string()),
+            )
+            .await
+            .map_err(|err| unavailable(format!("unmark_done of job {job} unit {unit}"), err))?;
         Ok(())
     }
 

@@ -48,12 +48,19 @@ struct Notice {
 /// Redis).
 pub(super) struct Notices {
     notices: broadcast::Sender<Notice>,
+    /// Units announced done by any pod (this one included).
+    completions: broadcast::Sender<(JobId, Unit)>,
     /// Whether the pattern subscription is active; every change wakes
     /// waiters.
     link: watch::Receiver<bool>,
 }
 
 impl Notices {
+    /// Every `done` notice from now on, parsed.
+    pub(super) fn completions(&self) -> broadcast::Receiver<(JobId, Unit)> {
+        self.completions.subscribe()
+    }
+
     /// A waiter for one unit, subscribed from now on.
     pub(super) fn waiter(&self, job: JobId, unit: &Unit) -> Waiter {
         let mut link = self.link.clone();
@@ -134,6 +141,7 @@ async fn matching_notice(notices: &mut broadcast::Receiver<Notice>, job: JobId, 
 pub(super) struct PubSubListener {
     client: ::redis::Client,
     notices: broadcast::Sender<Notice>,
+    completions: broadcast::Sender<(JobId, Unit)>,
     link: watch::Sender<bool>,
     metrics: Arc<Metrics>,
 }
@@ -141,15 +149,18 @@ pub(super) struct PubSubListener {
 impl PubSubListener {
     pub(super) fn new(client: ::redis::Client, metrics: Arc<Metrics>) -> (Notices, Self) {
         let (notices, _) = broadcast::channel(1024);
+        let (completions, _) = broadcast::channel(4096);
         let (link, link_rx) = watch::channel(false);
         (
             Notices {
                 notices: notices.clone(),
+                completions: completions.clone(),
                 link: link_rx,
             },
             PubSubListener {
                 client,
                 notices,
+                completions,
                 link,
                 metrics,
             },
@@ -250,9 +261,14 @@ impl PubSubListener {
         let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {
             return;
         };
-        let Some((_, unit)) = payload.split_once(' ') else {
+        let Some((kind, unit)) = payload.split_once(' ') else {
             return;
         };
+        if kind == "done" {
+            if let Ok(parsed) = unit.parse::<Unit>() {
+                let _ = self.completions.send((job, parsed));
+            }
+        }
         // No receiver (nobody waiting) is fine.
         let _ = self.notices.send(Notice {
             job,

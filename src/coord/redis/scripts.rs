@@ -18,6 +18,7 @@ pub(super) struct Scripts {
     pub(super) complete: Script,
     pub(super) release: Script,
     pub(super) mark_done: Script,
+    pub(super) unmark_done: Script,
     pub(super) peek: Script,
     pub(super) forget: Script,
 }
@@ -30,6 +31,7 @@ impl Scripts {
             complete: Script::new(COMPLETE),
             release: Script::new(RELEASE),
             mark_done: Script::new(MARK_DONE),
+            unmark_done: Script::new(UNMARK_DONE),
             peek: Script::new(PEEK),
             forget: Script::new(FORGET),
         }
@@ -127,6 +129,12 @@ const MARK_DONE: &str = r"
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('PUBLISH', ARGV[2], 'done ' .. ARGV[1])
 return 1
+";
+
+/// KEYS: done. ARGV: unit. Storage is the truth: a unit marked done whose
+/// file is missing is taken off the done set so it can be claimed again.
+const UNMARK_DONE: &str = r"
+return redis.call('SREM', KEYS[1], ARGV[1])
 ";
 
 /// KEYS: done, claim. ARGV: unit. Returns {done 0/1, claim PTTL}, read
