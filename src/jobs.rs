@@ -11,6 +11,7 @@
 use crate::config::{validate_segment_duration, ConfigError, EncodeSettings, Ladder};
 use crate::hls::Listing;
 use crate::plan::{Plan, Unit};
+use crate::registry::{Incoming, Registry};
 use crate::source::{Source, SourceError};
 use crate::storage::{read_plan, Storage, StorageError};
 use crate::transcode::prepare;
@@ -23,7 +24,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 /// Most events kept per job for late subscribers (progress is throttled to
 /// 50 steps, so this holds a whole job's history).
@@ -32,6 +34,10 @@ const HISTORY_LIMIT: usize = 256;
 const PREPARE_CONCURRENCY: usize = 2;
 /// Name of the record file in a job's folder.
 const STATUS_FILE: &str = "status.json";
+/// How long an adopted job waits for the submitting pod's `job.json`.
+const ADOPT_PLAN_WAIT: Duration = Duration::from_secs(30);
+/// How often a clustered pod looks on storage for jobs it missed.
+const STORAGE_RESCAN: Duration = Duration::from_secs(5);
 
 /// How a job is delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -176,7 +182,7 @@ pub struct JobEvent {
     pub seq: u64,
     /// `queued`, `processing`, `thumbnail_ready`, `progress`, `playable`,
     /// `done`, `partial`, `failed` or `canceled`.
-    pub event: &'static str,
+    pub event: String,
     pub job: JobView,
 }
 
@@ -205,13 +211,17 @@ struct JobEntry {
     run: Mutex<Option<Arc<JobRun>>>,
     history: Mutex<Vec<JobEvent>>,
     events: broadcast::Sender<JobEvent>,
-    next_seq: AtomicU64,
+    /// The highest event id seen for this job.
+    last_seq: AtomicU64,
     /// Last 2 % step a progress event was sent for.
     progress_step: AtomicU64,
+    /// Submitted to this pod (it probes and plans); an adopted job waits for
+    /// the submitting pod's `job.json` first.
+    created_here: bool,
 }
 
 impl JobEntry {
-    fn new(record: JobRecord) -> Arc<JobEntry> {
+    fn new(record: JobRecord, created_here: bool) -> Arc<JobEntry> {
         let (events, _) = broadcast::channel(HISTORY_LIMIT);
         Arc::new(JobEntry {
             record: Mutex::new(record),
@@ -219,11 +229,21 @@ impl JobEntry {
             run: Mutex::new(None),
             history: Mutex::new(Vec::new()),
             events,
-            // Ids from a clock keep growing across pod restarts, so a
-            // client's Last-Event-ID from before a restart skips nothing.
-            next_seq: AtomicU64::new(now_ms() * 1000),
+            last_seq: AtomicU64::new(0),
             progress_step: AtomicU64::new(0),
+            created_here,
         })
+    }
+
+    /// An id for an event made here without the registry: above every id
+    /// seen and above the clock (ms × 1000), so ids keep growing across pod
+    /// restarts and a client's Last-Event-ID from before one skips nothing.
+    fn next_local_seq(&self) -> u64 {
+        let floor = now_ms() * 1000;
+        let previous = self.last_seq.load(Ordering::Relaxed);
+        let seq = floor.max(previous + 1);
+        self.last_seq.fetch_max(seq, Ordering::Relaxed);
+        seq
     }
 
     fn record(&self) -> JobRecord {
@@ -264,6 +284,8 @@ pub struct JobManager {
     jobs: RwLock<HashMap<JobId, Arc<JobEntry>>>,
     prepare_slots: Semaphore,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// The cluster's job registry (Redis); `None` in local mode.
+    registry: Option<Arc<Registry>>,
 }
 
 impl JobManager {
@@ -273,6 +295,8 @@ impl JobManager {
         worker: Arc<Worker>,
         settings: JobSettings,
         webhooks: Webhooks,
+        registry: Option<Arc<Registry>>,
+        stop: CancellationToken,
     ) -> Arc<JobManager> {
         let manager = Arc::new(JobManager {
             storage,
@@ -282,9 +306,16 @@ impl JobManager {
             jobs: RwLock::new(HashMap::new()),
             prepare_slots: Semaphore::new(PREPARE_CONCURRENCY),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            registry,
         });
         let events = manager.worker.subscribe();
         tokio::spawn(follow_worker(Arc::downgrade(&manager), events));
+        if let Some(registry) = manager.registry.clone() {
+            let (sink, incoming) = mpsc::unbounded_channel();
+            let listen_stop = stop.clone();
+            tokio::spawn(async move { registry.listen(sink, listen_stop).await });
+            tokio::spawn(follow_cluster(Arc::downgrade(&manager), incoming, stop));
+        }
         manager
     }
 
@@ -311,7 +342,7 @@ impl JobManager {
     }
 
     /// Validates and queues a job; work starts in the background.
-    pub fn submit(self: &Arc<Self>, request: SubmitRequest) -> Result<JobView, JobError> {
+    pub async fn submit(self: &Arc<Self>, request: SubmitRequest) -> Result<JobView, JobError> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(JobError::ShuttingDown);
         }
@@ -358,12 +389,25 @@ impl JobManager {
         std::fs::create_dir_all(layout.dir())
             .map_err(|e| StorageError::new("creating", layout.dir(), e))?;
         self.persist(&record)?;
-        let entry = JobEntry::new(record.clone());
+        let entry = JobEntry::new(record.clone(), true);
         self.jobs
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(record.id, entry.clone());
-        self.emit(&entry, "queued");
+        if let Some(registry) = &self.registry {
+            let announced = match serde_json::to_string(&record) {
+                Ok(json) => registry
+                    .announce(record.id, &json, record.spec.priority, record.created_at_ms)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(err) = announced {
+                // Other pods find it on storage at their next scan.
+                tracing::warn!(job = %record.id, "announcing the job: {err}");
+            }
+        }
+        self.emit(&entry, "queued").await;
         self.spawn_start(entry.clone());
         Ok(self.view(&entry))
     }
@@ -376,6 +420,9 @@ impl JobManager {
     /// Probes and plans (or reads `job.json`), then hands the job to the
     /// worker.
     async fn start_job(self: Arc<Self>, entry: Arc<JobEntry>) {
+        if !entry.created_here {
+            self.wait_for_plan(&entry).await;
+        }
         let Ok(_permit) = self.prepare_slots.acquire().await else {
             return;
         };
@@ -394,7 +441,8 @@ impl JobManager {
         let plan = match prepared {
             Ok(prepared) => Arc::new(prepared.plan),
             Err(err) => {
-                self.end(&entry, JobStatus::Failed, Some(err.to_string()));
+                self.end(&entry, JobStatus::Failed, Some(err.to_string()))
+                    .await;
                 return;
             }
         };
@@ -410,17 +458,35 @@ impl JobManager {
             },
             eager_video: record.spec.mode == JobMode::Ingest,
         };
-        self.set_status(&entry, JobStatus::Processing, "processing");
+        self.set_status(&entry, JobStatus::Processing, "processing")
+            .await;
         match self.worker.add_job(plan, layout, options).await {
             Ok(run) => {
                 *lock(&entry.run) = Some(run.clone());
                 // The worker may have finished it at once (everything was
                 // on storage already).
                 if let Some(outcome) = run.outcome() {
-                    self.on_finished(&entry, outcome);
+                    self.on_finished(&entry, outcome).await;
                 }
             }
-            Err(err) => self.end(&entry, JobStatus::Failed, Some(err.to_string())),
+            Err(err) => {
+                self.end(&entry, JobStatus::Failed, Some(err.to_string()))
+                    .await
+            }
+        }
+    }
+
+    /// An adopted job's plan is made by the pod it was submitted to: wait a
+    /// while for its `job.json` rather than probe the source again (if that
+    /// pod died first, probe after all; the plan is deterministic).
+    async fn wait_for_plan(&self, entry: &JobEntry) {
+        let path = self.storage.job(entry.record().id).job_json();
+        let deadline = std::time::Instant::now() + ADOPT_PLAN_WAIT;
+        while !path.is_file()
+            && std::time::Instant::now() < deadline
+            && !entry.record().status.is_terminal()
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -435,6 +501,14 @@ impl JobManager {
         };
         let mut resumed = 0;
         for dir_entry in entries.flatten() {
+            let known = dir_entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<JobId>().ok())
+                .is_some_and(|id| self.entry(id).is_some());
+            if known {
+                continue;
+            }
             let path = dir_entry.path().join(STATUS_FILE);
             let Ok(bytes) = std::fs::read(&path) else {
                 continue;
@@ -447,7 +521,7 @@ impl JobManager {
                 }
             };
             let unfinished = !record.status.is_terminal();
-            let entry = JobEntry::new(record.clone());
+            let entry = JobEntry::new(record.clone(), false);
             if let Ok(Some(plan)) = read_plan(&self.storage.job(record.id)) {
                 *lock(&entry.plan) = Some(Arc::new(plan));
             }
@@ -519,7 +593,12 @@ impl JobManager {
             });
         }
         if !status.is_terminal() {
-            self.end(&entry, JobStatus::Canceled, None);
+            self.end(&entry, JobStatus::Canceled, None).await;
+            if let Some(registry) = &self.registry {
+                if let Err(err) = registry.cancel(id).await {
+                    tracing::warn!(job = %id, "telling other pods to cancel: {err}");
+                }
+            }
             self.worker.cancel_job(id).await;
         }
         let view = self.view(&entry);
@@ -553,8 +632,8 @@ impl JobManager {
         // give its final state as one event.
         if history.is_empty() && view.status.is_terminal() && after == 0 {
             history.push(JobEvent {
-                seq: entry.next_seq.load(Ordering::Relaxed),
-                event: view.status.as_str(),
+                seq: entry.last_seq.load(Ordering::Relaxed).max(1),
+                event: view.status.as_str().to_string(),
                 job: view.clone(),
             });
         }
@@ -689,13 +768,42 @@ impl JobManager {
         }
     }
 
-    fn emit(&self, entry: &JobEntry, event: &'static str) {
+    /// Emits an event: through the registry when there is one (every pod's
+    /// subscribers get it, with a cluster-wide id), else locally.
+    async fn emit(&self, entry: &JobEntry, event: &'static str) {
         let job = self.view(entry);
-        let seq = entry.next_seq.fetch_add(1, Ordering::Relaxed);
-        let event = JobEvent { seq, event, job };
+        let mut seq = None;
+        if let Some(registry) = &self.registry {
+            let floor = now_ms() * 1000;
+            match serde_json::to_string(&job) {
+                Ok(json) => match registry.publish_event(job.id, event, &json, floor).await {
+                    Ok(published) => seq = Some(published),
+                    Err(err) => tracing::warn!(job = %job.id, "publishing {event}: {err}"),
+                },
+                Err(err) => tracing::warn!(job = %job.id, "encoding {event}: {err}"),
+            }
+        }
+        let seq = seq.unwrap_or_else(|| entry.next_local_seq());
+        self.deliver(
+            entry,
+            JobEvent {
+                seq,
+                event: event.to_string(),
+                job,
+            },
+        );
+    }
+
+    /// Hands an event to this pod's subscribers, once, in id order.
+    fn deliver(&self, entry: &JobEntry, event: JobEvent) {
+        entry.last_seq.fetch_max(event.seq, Ordering::Relaxed);
         {
             let mut history = lock(&entry.history);
+            if history.iter().any(|e| e.seq == event.seq) {
+                return;
+            }
             history.push(event.clone());
+            history.sort_by_key(|e| e.seq);
             if history.len() > HISTORY_LIMIT {
                 history.remove(0);
             }
@@ -703,22 +811,77 @@ impl JobManager {
         let _ = entry.events.send(event);
     }
 
-    fn set_status(&self, entry: &JobEntry, status: JobStatus, event: &'static str) {
-        if entry.record().status.is_terminal() {
-            return;
+    /// Whether this pod is the one to make a status change cluster-wide
+    /// (always, without a registry or while it is unreachable).
+    async fn wins_transition(&self, next: &JobRecord) -> bool {
+        let Some(registry) = &self.registry else {
+            return true;
+        };
+        let json = match serde_json::to_string(next) {
+            Ok(json) => json,
+            Err(_) => return true,
+        };
+        match registry
+            .transition(next.id, next.status.as_str(), &json)
+            .await
+        {
+            Ok(won) => won,
+            Err(err) => {
+                tracing::warn!(job = %next.id, "job registry: {err}; deciding locally");
+                true
+            }
         }
-        self.update(entry, |r| r.status = status);
-        self.emit(entry, event);
     }
 
-    /// Moves a job to a terminal status, once, with its event and webhook.
-    fn end(&self, entry: &JobEntry, status: JobStatus, error: Option<String>) {
-        let progress = lock(&entry.run).as_ref().map(|run| percent(run.progress()));
-        {
-            let record = lock(&entry.record);
-            if record.status.is_terminal() {
-                return;
+    /// Takes over the registry's record of a job another pod changed.
+    async fn follow_registry_record(&self, entry: &JobEntry) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let id = entry.record().id;
+        if let Ok(Some(json)) = registry.record(id).await {
+            if let Ok(remote) = serde_json::from_str::<JobRecord>(&json) {
+                let mut record = lock(&entry.record);
+                record.status = remote.status;
+                record.error = remote.error;
+                record.playable |= remote.playable;
+                record.progress = record.progress.max(remote.progress);
+                record.updated_at_ms = remote.updated_at_ms;
             }
+        }
+    }
+
+    async fn set_status(&self, entry: &JobEntry, status: JobStatus, event: &'static str) {
+        let mut next = entry.record();
+        if next.status.is_terminal() || next.status == status {
+            return;
+        }
+        next.status = status;
+        next.updated_at_ms = now_ms();
+        if !self.wins_transition(&next).await {
+            return; // another pod announced it; its event updates us
+        }
+        self.update(entry, |r| r.status = status);
+        self.emit(entry, event).await;
+    }
+
+    /// Moves a job to a terminal status, once cluster-wide, with its event
+    /// and webhook.
+    async fn end(&self, entry: &JobEntry, status: JobStatus, error: Option<String>) {
+        let progress = lock(&entry.run).as_ref().map(|run| percent(run.progress()));
+        let mut next = entry.record();
+        if next.status.is_terminal() {
+            return;
+        }
+        next.status = status;
+        next.error = error.clone();
+        if let Some(progress) = progress {
+            next.progress = progress;
+        }
+        next.updated_at_ms = now_ms();
+        if !self.wins_transition(&next).await {
+            self.follow_registry_record(entry).await;
+            return;
         }
         self.update(entry, |r| {
             r.status = status;
@@ -727,18 +890,25 @@ impl JobManager {
                 r.progress = progress;
             }
         });
-        self.emit(entry, status.as_str());
+        self.emit(entry, status.as_str()).await;
         if status != JobStatus::Canceled {
             self.notify_webhook(entry, status.as_str());
         }
+        if let Some(registry) = &self.registry {
+            if let Err(err) = registry.finished(next.id).await {
+                tracing::warn!(job = %next.id, "job registry: {err}");
+            }
+        }
     }
 
-    fn on_finished(&self, entry: &JobEntry, outcome: JobOutcome) {
+    async fn on_finished(&self, entry: &JobEntry, outcome: JobOutcome) {
         match outcome {
-            JobOutcome::Done => self.end(entry, JobStatus::Done, None),
-            JobOutcome::Partial { reason } => self.end(entry, JobStatus::Partial, Some(reason)),
-            JobOutcome::Failed { reason } => self.end(entry, JobStatus::Failed, Some(reason)),
-            JobOutcome::Canceled => self.end(entry, JobStatus::Canceled, None),
+            JobOutcome::Done => self.end(entry, JobStatus::Done, None).await,
+            JobOutcome::Partial { reason } => {
+                self.end(entry, JobStatus::Partial, Some(reason)).await
+            }
+            JobOutcome::Failed { reason } => self.end(entry, JobStatus::Failed, Some(reason)).await,
+            JobOutcome::Canceled => self.end(entry, JobStatus::Canceled, None).await,
         }
     }
 
@@ -748,7 +918,15 @@ impl JobManager {
         }
     }
 
-    fn on_worker_event(&self, event: WorkerEvent) {
+    /// True for the one pod that reports a one-off event of a job.
+    async fn first_to_report(&self, id: JobId, flag: &str) -> bool {
+        match &self.registry {
+            None => true,
+            Some(registry) => registry.once(id, flag).await.unwrap_or(true),
+        }
+    }
+
+    async fn on_worker_event(&self, event: WorkerEvent) {
         let id = match &event {
             WorkerEvent::UnitDone { job, .. }
             | WorkerEvent::UnitFailed { job, .. }
@@ -764,19 +942,27 @@ impl JobManager {
                 let Some(run) = lock(&entry.run).clone() else {
                     return;
                 };
-                let step = (percent(run.progress()) / 2.0).floor() as u64;
+                let progress = percent(run.progress());
+                let step = (progress / 2.0).floor() as u64;
                 if step > entry.progress_step.fetch_max(step, Ordering::Relaxed)
                     && !entry.record().status.is_terminal()
                 {
-                    let progress = percent(run.progress());
-                    self.update(&entry, |r| r.progress = progress);
-                    self.emit(&entry, "progress");
+                    let report = match &self.registry {
+                        None => true,
+                        Some(registry) => registry.advance_progress(id, step).await.unwrap_or(true),
+                    };
+                    self.update(&entry, |r| r.progress = r.progress.max(progress));
+                    if report {
+                        self.emit(&entry, "progress").await;
+                    }
                 }
             }
             WorkerEvent::UnitFailed { .. } => {}
             WorkerEvent::ThumbnailReady { .. } => {
-                if !entry.record().status.is_terminal() {
-                    self.emit(&entry, "thumbnail_ready");
+                if !entry.record().status.is_terminal()
+                    && self.first_to_report(id, "thumbnail_ready").await
+                {
+                    self.emit(&entry, "thumbnail_ready").await;
                 }
             }
             WorkerEvent::Playable { .. } => {
@@ -788,17 +974,155 @@ impl JobManager {
                 // A resumed job was announced playable before the restart:
                 // its subscribers hear it again, its webhook does not.
                 let announced = entry.record().playable;
+                let mut next = entry.record();
+                next.playable = true;
+                next.status = JobStatus::Playable;
+                next.updated_at_ms = now_ms();
+                if !self.wins_transition(&next).await {
+                    lock(&entry.record).playable = true;
+                    return;
+                }
                 self.update(&entry, |r| {
                     r.playable = true;
                     r.status = JobStatus::Playable;
                 });
-                self.emit(&entry, "playable");
+                self.emit(&entry, "playable").await;
                 if !announced {
                     self.notify_webhook(&entry, "playable");
                 }
             }
-            WorkerEvent::Finished { outcome, .. } => self.on_finished(&entry, outcome),
+            WorkerEvent::Finished { outcome, .. } => self.on_finished(&entry, outcome).await,
         }
+    }
+
+    /// Joins a job another pod announced (or that was found on storage).
+    async fn adopt(self: &Arc<Self>, id: JobId) {
+        if self.entry(id).is_some() {
+            return;
+        }
+        let mut record: Option<JobRecord> = None;
+        if let Some(registry) = &self.registry {
+            if let Ok(Some(json)) = registry.record(id).await {
+                record = serde_json::from_str(&json).ok();
+            }
+        }
+        if record.is_none() {
+            let path = self.storage.job(id).dir().join(STATUS_FILE);
+            record = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        }
+        let Some(record) = record else {
+            return;
+        };
+        let entry = JobEntry::new(record.clone(), false);
+        {
+            let mut jobs = self.jobs.write().unwrap_or_else(|p| p.into_inner());
+            if jobs.contains_key(&id) {
+                return;
+            }
+            jobs.insert(id, entry.clone());
+        }
+        if let Some(registry) = &self.registry {
+            for event in registry.history(id).await.unwrap_or_default() {
+                self.apply_remote_event(&entry, event);
+            }
+        }
+        if !record.status.is_terminal() {
+            self.spawn_start(entry);
+        }
+    }
+
+    /// Mirrors another pod's event: the record follows its status, and this
+    /// pod's subscribers get it.
+    fn apply_remote_event(&self, entry: &JobEntry, event: Incoming) {
+        let Incoming::Event {
+            seq,
+            name,
+            job_json,
+            ..
+        } = event
+        else {
+            return;
+        };
+        if let Ok(remote) = serde_json::from_str::<serde_json::Value>(&job_json) {
+            let mut record = lock(&entry.record);
+            let status = remote["status"].as_str().and_then(JobStatus::parse);
+            if let Some(status) = status {
+                if !record.status.is_terminal() {
+                    record.status = status;
+                }
+            }
+            if remote["playable"].as_bool() == Some(true) {
+                record.playable = true;
+            }
+            if let Some(error) = remote["error"].as_str() {
+                record.error = Some(error.to_string());
+            }
+            if let Some(progress) = remote["progress"].as_f64() {
+                record.progress = record.progress.max(progress);
+            }
+        }
+        let job = self.view(entry);
+        self.deliver(
+            entry,
+            JobEvent {
+                seq,
+                event: name,
+                job,
+            },
+        );
+    }
+
+    async fn on_incoming(self: &Arc<Self>, incoming: Incoming) {
+        match incoming {
+            Incoming::New(id) => self.adopt(id).await,
+            Incoming::Cancel(id) => {
+                self.worker.cancel_job(id).await;
+                if let Some(entry) = self.entry(id) {
+                    self.follow_registry_record(&entry).await;
+                }
+            }
+            Incoming::Event { job, .. } => {
+                if self.entry(job).is_none() {
+                    self.adopt(job).await;
+                }
+                if let Some(entry) = self.entry(job) {
+                    self.apply_remote_event(&entry, incoming);
+                }
+            }
+            Incoming::Resync => {
+                if let Err(err) = self.resume_from_storage() {
+                    tracing::warn!("scanning storage for jobs: {err}");
+                }
+            }
+        }
+    }
+}
+
+/// Follows what other pods say, and rescans storage now and then for jobs
+/// whose announcement was missed (pub/sub does not queue for absent
+/// listeners).
+async fn follow_cluster(
+    manager: std::sync::Weak<JobManager>,
+    mut incoming: mpsc::UnboundedReceiver<Incoming>,
+    stop: CancellationToken,
+) {
+    let mut rescan = tokio::time::interval(STORAGE_RESCAN);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return,
+            message = incoming.recv() => match message {
+                Some(message) => message,
+                None => return,
+            },
+            _ = rescan.tick() => Incoming::Resync,
+        };
+        let Some(manager) = manager.upgrade() else {
+            return;
+        };
+        manager.on_incoming(message).await;
     }
 }
 
@@ -810,7 +1134,7 @@ async fn follow_worker(
     loop {
         match events.recv().await {
             Ok(event) => match manager.upgrade() {
-                Some(manager) => manager.on_worker_event(event),
+                Some(manager) => manager.on_worker_event(event).await,
                 None => return,
             },
             Err(broadcast::error::RecvError::Lagged(missed)) => {

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod plan;
 pub mod pod;
 pub mod probe;
+pub mod registry;
 pub mod source;
 pub mod storage;
 pub mod transcode;

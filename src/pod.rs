@@ -13,6 +13,7 @@ use crate::coord::redis::RedisSettings;
 use crate::coord::{Coordinator, FallbackCoordinator, LocalCoordinator, RedisCoordinator};
 use crate::jobs::{JobManager, JobSettings};
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::storage::{Storage, StorageError};
 use crate::watch::{self, WatchError, WatchSettings};
 use crate::webhook::Webhooks;
@@ -48,6 +49,8 @@ pub enum PodError {
     Signals(std::io::Error),
     #[error(transparent)]
     Redis(#[from] crate::coord::redis::RedisSetupError),
+    #[error(transparent)]
+    Registry(crate::registry::RegistryError),
 }
 
 /// Local claims without `REDIS_URL`; Redis with it, wrapped in the fallback
@@ -101,6 +104,12 @@ pub async fn run(config: PodConfig) -> Result<(), PodError> {
     ));
     let mut source_roots = config.source_roots.clone();
     source_roots.extend(config.watch_dir.iter().cloned());
+    let registry = match &config.redis_url {
+        Some(url) => Some(Arc::new(
+            Registry::new(url, &config.worker_id).map_err(PodError::Registry)?,
+        )),
+        None => None,
+    };
     let manager = JobManager::start(
         storage.clone(),
         worker.clone(),
@@ -114,6 +123,8 @@ pub async fn run(config: PodConfig) -> Result<(), PodError> {
             config.webhook_secret.clone(),
             metrics.webhook_deliveries.clone(),
         ),
+        registry,
+        shutdown.clone(),
     );
     let resumed = manager.resume_from_storage()?;
     if resumed > 0 {

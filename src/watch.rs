@@ -137,7 +137,7 @@ async fn settle_loop(
             true
         });
         for (path, size, modified) in settled {
-            submit_once(&settings, &manager, &metrics, &path, size, modified);
+            submit_once(&settings, &manager, &metrics, &path, size, modified).await;
         }
     }
 }
@@ -174,7 +174,7 @@ fn is_video(path: &Path) -> bool {
 }
 
 /// Submits a settled file unless the ledger says it already became a job.
-fn submit_once(
+async fn submit_once(
     settings: &WatchSettings,
     manager: &Arc<JobManager>,
     metrics: &Metrics,
@@ -217,7 +217,7 @@ fn submit_once(
         mode: None,
         callback_url: None,
     };
-    match manager.submit(request) {
+    match manager.submit(request).await {
         Ok(job) => {
             metrics.watch_jobs.inc();
             let _ = std::fs::write(&marker, job.id.to_string());

@@ -72,7 +72,7 @@ async fn submit(
             ),
         }
     })?;
-    let job = state.manager.submit(request)?;
+    let job = state.manager.submit(request).await?;
     Ok((StatusCode::CREATED, Json(job)))
 }
 
@@ -199,12 +199,12 @@ fn event_stream(state: EventStream) -> impl Stream<Item = Result<Event, Infallib
             }
         };
         state.last_seq = event.seq;
-        state.ended = is_terminal_event(event.event);
+        state.ended = is_terminal_event(&event.event);
         let sse = Event::default()
             .id(event.seq.to_string())
-            .event(event.event)
+            .event(event.event.clone())
             .json_data(&event.job)
-            .unwrap_or_else(|_| Event::default().event(event.event));
+            .unwrap_or_else(|_| Event::default().event(event.event.clone()));
         Some((Ok(sse), state))
     })
 }
