@@ -1035,7 +1035,9 @@ impl JobManager {
 
     /// Mirrors another pod's event: the record follows its status, and this
     /// pod's subscribers get it.
-    fn apply_remote_event(&self, entry: &JobEntry, event: Incoming) {
+    /// Returns true when the event says the job was canceled (the caller
+    /// stops this pod's work on it: a missed `cancel` notice is caught up).
+    fn apply_remote_event(&self, entry: &JobEntry, event: Incoming) -> bool {
         let Incoming::Event {
             seq,
             name,
@@ -1043,8 +1045,9 @@ impl JobManager {
             ..
         } = event
         else {
-            return;
+            return false;
         };
+        let canceled = name == JobStatus::Canceled.as_str();
         if let Ok(remote) = serde_json::from_str::<serde_json::Value>(&job_json) {
             let mut record = lock(&entry.record);
             let status = remote["status"].as_str().and_then(JobStatus::parse);
@@ -1072,6 +1075,45 @@ impl JobManager {
                 job,
             },
         );
+        canceled
+    }
+
+    /// Catches up on events this pod may have missed (pub/sub drops what is
+    /// sent while a subscriber reconnects): for every job whose stream here
+    /// has not ended, the registry's history is applied again; events
+    /// already seen are skipped by id.
+    async fn catch_up(&self) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let entries: Vec<Arc<JobEntry>> = self
+            .jobs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for entry in entries {
+            let ended = lock(&entry.history)
+                .last()
+                .is_some_and(|e| JobStatus::parse(&e.event).is_some_and(JobStatus::is_terminal));
+            let record = entry.record();
+            // Jobs that ended before this pod knew them have nothing to
+            // catch up on.
+            let ended_earlier = record.status.is_terminal() && lock(&entry.history).is_empty();
+            if ended || ended_earlier {
+                continue;
+            }
+            let id = record.id;
+            let Ok(history) = registry.history(id).await else {
+                return; // Redis away: try at the next tick
+            };
+            for event in history {
+                if self.apply_remote_event(&entry, event) {
+                    self.worker.cancel_job(id).await;
+                }
+            }
+        }
     }
 
     async fn on_incoming(self: &Arc<Self>, incoming: Incoming) {
@@ -1088,13 +1130,16 @@ impl JobManager {
                     self.adopt(job).await;
                 }
                 if let Some(entry) = self.entry(job) {
-                    self.apply_remote_event(&entry, incoming);
+                    if self.apply_remote_event(&entry, incoming) {
+                        self.worker.cancel_job(job).await;
+                    }
                 }
             }
             Incoming::Resync => {
                 if let Err(err) = self.resume_from_storage() {
                     tracing::warn!("scanning storage for jobs: {err}");
                 }
+                self.catch_up().await;
             }
         }
     }

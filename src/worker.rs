@@ -1117,8 +1117,16 @@ fn reserve_next(job: &JobRun) -> Option<Vec<Unit>> {
         .iter()
         .find(|unit| (eager || !matches!(unit, Unit::Video { .. })) && ready(&state, unit))?
         .clone();
+    let lowest = job.plan.renditions.first().map(|r| r.name.as_str());
     let units = match &first {
         Unit::Video { .. } if state.solo.contains(&first) => vec![first],
+        // The lowest rendition's first segment is all a player needs to
+        // start: encode it alone so the job is playable after one small
+        // encode, not after the whole ladder's first segment.
+        Unit::Video {
+            rendition,
+            index: 0,
+        } if Some(rendition.as_str()) == lowest => vec![first],
         Unit::Video { index, .. } => job
             .plan
             .renditions
