@@ -215,6 +215,8 @@ struct JobEntry {
     last_seq: AtomicU64,
     /// Last 2 % step a progress event was sent for.
     progress_step: AtomicU64,
+    /// Progress of the last `progress` event handed to subscribers here.
+    delivered_progress: Mutex<f64>,
     /// Submitted to this pod (it probes and plans); an adopted job waits for
     /// the submitting pod's `job.json` first.
     created_here: bool,
@@ -231,6 +233,7 @@ impl JobEntry {
             events,
             last_seq: AtomicU64::new(0),
             progress_step: AtomicU64::new(0),
+            delivered_progress: Mutex::new(-1.0),
             created_here,
         })
     }
@@ -683,8 +686,11 @@ impl JobManager {
         let plan = lock(&entry.plan).clone();
         let run = lock(&entry.run).clone();
         let live = run.as_ref().filter(|_| !record.status.is_terminal());
+        // What this pod saw done, or what the cluster reported if more: the
+        // pods' views of a job lag each other a little, and a reader must
+        // never see progress go back.
         let progress = match live {
-            Some(run) => percent(run.progress()),
+            Some(run) => percent(run.progress()).max(record.progress),
             None => record.progress,
         };
         let renditions = match (&plan, &run) {
@@ -771,7 +777,10 @@ impl JobManager {
     /// Emits an event: through the registry when there is one (every pod's
     /// subscribers get it, with a cluster-wide id), else locally.
     async fn emit(&self, entry: &JobEntry, event: &'static str) {
-        let job = self.view(entry);
+        self.emit_view(entry, event, self.view(entry)).await;
+    }
+
+    async fn emit_view(&self, entry: &JobEntry, event: &'static str, job: JobView) {
         let mut seq = None;
         if let Some(registry) = &self.registry {
             let floor = now_ms() * 1000;
@@ -797,6 +806,15 @@ impl JobManager {
     /// Hands an event to this pod's subscribers, once, in id order.
     fn deliver(&self, entry: &JobEntry, event: JobEvent) {
         entry.last_seq.fetch_max(event.seq, Ordering::Relaxed);
+        if event.event == "progress" {
+            // Pods report steps concurrently; one that was overtaken on its
+            // way adds nothing, and a stream's progress never goes back.
+            let mut delivered = lock(&entry.delivered_progress);
+            if event.job.progress <= *delivered {
+                return;
+            }
+            *delivered = event.job.progress;
+        }
         {
             let mut history = lock(&entry.history);
             if history.iter().any(|e| e.seq == event.seq) {
@@ -948,12 +966,19 @@ impl JobManager {
                     && !entry.record().status.is_terminal()
                 {
                     let report = match &self.registry {
-                        None => true,
-                        Some(registry) => registry.advance_progress(id, step).await.unwrap_or(true),
+                        None => Some(progress),
+                        Some(registry) => registry
+                            .advance_progress(id, step, progress)
+                            .await
+                            .unwrap_or(Some(progress)),
                     };
-                    self.update(&entry, |r| r.progress = r.progress.max(progress));
-                    if report {
-                        self.emit(&entry, "progress").await;
+                    if let Some(value) = report {
+                        self.update(&entry, |r| r.progress = r.progress.max(value));
+                        // The value the cluster agreed on, so that progress
+                        // events never go back whichever pod sends them.
+                        let mut view = self.view(&entry);
+                        view.progress = value;
+                        self.emit_view(&entry, "progress", view).await;
                     }
                 }
             }
@@ -1048,7 +1073,9 @@ impl JobManager {
             return false;
         };
         let canceled = name == JobStatus::Canceled.as_str();
+        let mut remote_progress = None;
         if let Ok(remote) = serde_json::from_str::<serde_json::Value>(&job_json) {
+            remote_progress = remote["progress"].as_f64();
             let mut record = lock(&entry.record);
             let status = remote["status"].as_str().and_then(JobStatus::parse);
             if let Some(status) = status {
@@ -1066,7 +1093,13 @@ impl JobManager {
                 record.progress = record.progress.max(progress);
             }
         }
-        let job = self.view(entry);
+        // The event says what its sender saw; this pod's own view may be
+        // further along, and re-rendering with it would make a stream's
+        // progress values repeat or jump.
+        let mut job = self.view(entry);
+        if let Some(progress) = remote_progress {
+            job.progress = progress;
+        }
         self.deliver(
             entry,
             JobEvent {

@@ -104,12 +104,17 @@ redis.call('PUBLISH', ARGV[1], message)
 return string.format('%.0f', seq)
 ";
 
-/// KEYS: job hash. ARGV: step. 1 when the step is new (this pod reports it).
+/// KEYS: job hash. ARGV: step, this pod's percentage. Returns {1, value}
+/// when the step is new (this pod reports it, with `value`, never below a
+/// value already reported: pods' views of a job lag each other a little),
+/// else {0, the highest value reported}.
 const PROGRESS: &str = r"
 local last = tonumber(redis.call('HGET', KEYS[1], 'progress_step') or '-1')
-if tonumber(ARGV[1]) <= last then return 0 end
-redis.call('HSET', KEYS[1], 'progress_step', ARGV[1])
-return 1
+local reported = tonumber(redis.call('HGET', KEYS[1], 'progress_value') or '0')
+if tonumber(ARGV[1]) <= last then return {0, tostring(reported)} end
+local value = math.max(reported, tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'progress_step', ARGV[1], 'progress_value', tostring(value))
+return {1, tostring(value)}
 ";
 
 impl Registry {
@@ -216,15 +221,22 @@ impl Registry {
         Ok(set == 1)
     }
 
-    /// True when `step` is a new progress step (this pod reports it).
-    pub async fn advance_progress(&self, job: JobId, step: u64) -> Result<bool, RegistryError> {
+    /// `Some(percentage to report)` when `step` is a new progress step
+    /// cluster-wide (this pod reports it), `None` when another pod did.
+    pub async fn advance_progress(
+        &self,
+        job: JobId,
+        step: u64,
+        percent: f64,
+    ) -> Result<Option<f64>, RegistryError> {
         let mut conn = self.connection("progress").await?;
         let mut invocation = self.progress.key(job_key(job));
-        invocation.arg(step);
-        let new: i64 = self
+        invocation.arg(step).arg(percent);
+        let (new, value): (i64, String) = self
             .bounded("progress", invocation.invoke_async(&mut *conn))
             .await?;
-        Ok(new == 1)
+        let value: f64 = value.parse().map_err(|e| err("progress", e))?;
+        Ok((new == 1).then_some(value))
     }
 
     /// Publishes an event to every pod; returns its id.

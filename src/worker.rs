@@ -8,7 +8,7 @@
 //! decides whether other pods share the work. It never parses requests or
 //! prints anything for a user.
 
-use crate::coord::{ClaimOutcome, Completion, Coordinator, Lease};
+use crate::coord::{ClaimOutcome, Completion, Coordinator, Lease, UnitNotice, WaitOutcome};
 use crate::encode::{Batch, VideoOutput};
 use crate::ffmpeg::RunControl;
 use crate::hls::{self, Availability, Listing, Packager};
@@ -339,8 +339,8 @@ impl Worker {
             failure_streak: Mutex::new(BTreeSet::new()),
             paused_until: Mutex::new(None),
         });
-        if let Some(completions) = shared.coord.completions() {
-            tokio::spawn(follow_completions(Arc::downgrade(&shared), completions));
+        if let Some(notices) = shared.coord.unit_notices() {
+            tokio::spawn(follow_unit_notices(Arc::downgrade(&shared), notices));
         }
         let mut slots = JoinSet::new();
         for _ in 0..shared.settings.slots.max(1) {
@@ -542,12 +542,14 @@ impl Worker {
                             .saturating_duration_since(Instant::now())
                             .min(shared.coord.claim_ttl());
                         tokio::select! {
-                            outcome = shared.coord.wait_for(id, unit, wait) => {
-                                if let Err(err) = outcome {
+                            outcome = shared.coord.wait_for(id, unit, wait) => match outcome {
+                                Ok(WaitOutcome::Done) => shared.confirm_done(id, unit).await,
+                                Ok(_) => {}
+                                Err(err) => {
                                     tracing::warn!(job = %id, unit = %unit, "waiting for another pod: {err}");
                                     tokio::time::sleep(shared.settings.held_recheck).await;
                                 }
-                            }
+                            },
                             _ = job.cancel.cancelled() => {}
                         }
                         let mut state = job.lock();
@@ -630,6 +632,23 @@ impl Shared {
                         _ = tokio::time::sleep(idle) => {}
                         _ = self.shutdown.cancelled() => return,
                     }
+                }
+            }
+        }
+    }
+
+    /// After a wait ends with the unit done, claims it once more as the
+    /// protocol says (the answer is `done`, counted as such); a claim won
+    /// instead (the done mark vanished) is given back, and storage decides.
+    async fn confirm_done(&self, id: JobId, unit: &Unit) {
+        let claimed = self
+            .coord
+            .claim(id, std::slice::from_ref(unit), &self.settings.worker_id)
+            .await;
+        if let Ok(outcomes) = claimed {
+            for outcome in outcomes {
+                if let ClaimOutcome::Won { lease, .. } = outcome {
+                    let _ = self.coord.release(&lease, false).await;
                 }
             }
         }
@@ -1053,14 +1072,16 @@ impl Shared {
     }
 }
 
-/// Learns what other pods finished: a unit announced done whose output is
-/// on storage is done here too (progress, playlists, the job's end).
-async fn follow_completions(
+/// Learns what other pods did: a unit announced done whose output is on
+/// storage is done here too (progress, playlists, the job's end); a unit
+/// given back (a pod shutting down, a failure) is claimable now, not after
+/// the next recheck.
+async fn follow_unit_notices(
     shared: std::sync::Weak<Shared>,
-    mut completions: broadcast::Receiver<(JobId, Unit)>,
+    mut notices: broadcast::Receiver<UnitNotice>,
 ) {
     loop {
-        let (id, unit) = match completions.recv().await {
+        let notice = match notices.recv().await {
             Ok(notice) => notice,
             // Missed notices are found when the units are next looked at
             // (storage is checked before every claim).
@@ -1070,11 +1091,33 @@ async fn follow_completions(
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let job = shared.lock_jobs().iter().find(|j| j.id() == id).cloned();
-        if let Some(job) = job {
-            if job.plan.contains(&unit) && job.layout.is_done(&unit) {
-                shared.unit_done(&job, &unit).await;
+        let job = shared
+            .lock_jobs()
+            .iter()
+            .find(|j| j.id() == notice.job)
+            .cloned();
+        let Some(job) = job else {
+            continue;
+        };
+        if !job.plan.contains(&notice.unit) {
+            continue;
+        }
+        if notice.done {
+            if job.layout.is_done(&notice.unit) {
+                shared.unit_done(&job, &notice.unit).await;
             }
+        } else {
+            let mut state = job.lock();
+            if let Some(UnitState::Pending { .. }) = state.units.get(&notice.unit) {
+                state.units.insert(
+                    notice.unit.clone(),
+                    UnitState::Pending {
+                        not_before: Instant::now(),
+                    },
+                );
+            }
+            drop(state);
+            shared.wake.notify_waiters();
         }
     }
 }

@@ -151,8 +151,8 @@ impl Coordinator for FallbackCoordinator {
         self.shared.redis.claim_ttl()
     }
 
-    fn completions(&self) -> Option<tokio::sync::broadcast::Receiver<(JobId, Unit)>> {
-        Some(self.shared.redis.completions())
+    fn unit_notices(&self) -> Option<tokio::sync::broadcast::Receiver<super::UnitNotice>> {
+        Some(self.shared.redis.unit_notices())
     }
 
     /// Pings Redis while distributed, so an idle pod notices an outage too.

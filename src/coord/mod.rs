@@ -98,9 +98,10 @@ pub trait Coordinator: Send + Sync {
     /// How long a claim lives without renewal.
     fn claim_ttl(&self) -> Duration;
 
-    /// Completion notices of every pod, when the backend has them (Redis);
-    /// the worker uses them to learn what other pods finished.
-    fn completions(&self) -> Option<tokio::sync::broadcast::Receiver<(JobId, Unit)>> {
+    /// Unit notices of every pod (done, freed), when the backend has them
+    /// (Redis); the worker learns from them what other pods finished or gave
+    /// back.
+    fn unit_notices(&self) -> Option<tokio::sync::broadcast::Receiver<UnitNotice>> {
         None
     }
 
@@ -149,6 +150,15 @@ pub trait Coordinator: Send + Sync {
 
     /// Forgets a finished or canceled job's claims and counters.
     async fn forget(&self, job: JobId) -> Result<(), CoordError>;
+}
+
+/// A unit of a job was finished (`done`) or given back (not `done`) by
+/// some pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitNotice {
+    pub job: JobId,
+    pub unit: Unit,
+    pub done: bool,
 }
 
 /// A fresh claim token (UUID v4).

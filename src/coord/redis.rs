@@ -251,9 +251,9 @@ impl RedisCoordinator {
             .map_err(|err| unavailable("ping".into(), err))
     }
 
-    /// Units announced done by any pod, from now on.
-    pub fn completions(&self) -> tokio::sync::broadcast::Receiver<(JobId, Unit)> {
-        self.notices.completions()
+    /// Units announced done or freed by any pod, from now on.
+    pub fn unit_notices(&self) -> tokio::sync::broadcast::Receiver<super::UnitNotice> {
+        self.notices.unit_notices()
     }
 
     /// Whether the pub/sub connection is subscribed right now.
@@ -376,8 +376,8 @@ fn unit_list(units: &[Unit]) -> String {
 
 #[async_trait]
 impl Coordinator for RedisCoordinator {
-    fn completions(&self) -> Option<tokio::sync::broadcast::Receiver<(JobId, Unit)>> {
-        Some(self.notices.completions())
+    fn unit_notices(&self) -> Option<tokio::sync::broadcast::Receiver<super::UnitNotice>> {
+        Some(self.notices.unit_notices())
     }
 
     async fn check(&self) -> Option<String> {

@@ -12,11 +12,14 @@
 //!   injection.
 //! - [`redis`]: a real `redis-server` on a free loopback port
 //!   ([`redis::RedisServer`]), stoppable and restartable on the same port.
+//! - [`cluster`]: several pods sharing one Redis and one storage folder
+//!   ([`cluster::Cluster`]) and an `ffmpeg` wrapper that holds encodes.
 //!
 //! Each test binary compiles this module on its own and uses only part of it,
 //! hence the module-level `dead_code` and `unused_imports` allowances.
 #![allow(dead_code, unused_imports)]
 
+pub mod cluster;
 pub mod hls;
 pub mod media;
 pub mod pod;
@@ -24,6 +27,7 @@ pub mod process;
 pub mod redis;
 
 pub use self::redis::RedisServer;
+pub use cluster::{hold_wrapper, Cluster};
 pub use hls::{validate_hls, AudioTrackReport, HlsReport, RenditionReport};
 pub use media::{ffprobe_json, gen_clip, probe_source, ClipSpec, SourceMedia};
 pub use pod::{

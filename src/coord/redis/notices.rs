@@ -16,6 +16,7 @@
 //! state and look at the unit again, and while there is no connection they poll. It owns no state
 //! of the protocol and never writes to Redis.
 
+use crate::coord::UnitNotice;
 use crate::metrics::Metrics;
 use crate::plan::Unit;
 use crate::JobId;
@@ -48,17 +49,17 @@ struct Notice {
 /// Redis).
 pub(super) struct Notices {
     notices: broadcast::Sender<Notice>,
-    /// Units announced done by any pod (this one included).
-    completions: broadcast::Sender<(JobId, Unit)>,
+    /// Units announced done or freed by any pod (this one included).
+    unit_notices: broadcast::Sender<UnitNotice>,
     /// Whether the pattern subscription is active; every change wakes
     /// waiters.
     link: watch::Receiver<bool>,
 }
 
 impl Notices {
-    /// Every `done` notice from now on, parsed.
-    pub(super) fn completions(&self) -> broadcast::Receiver<(JobId, Unit)> {
-        self.completions.subscribe()
+    /// Every notice from now on, parsed.
+    pub(super) fn unit_notices(&self) -> broadcast::Receiver<UnitNotice> {
+        self.unit_notices.subscribe()
     }
 
     /// A waiter for one unit, subscribed from now on.
@@ -141,7 +142,7 @@ async fn matching_notice(notices: &mut broadcast::Receiver<Notice>, job: JobId, 
 pub(super) struct PubSubListener {
     client: ::redis::Client,
     notices: broadcast::Sender<Notice>,
-    completions: broadcast::Sender<(JobId, Unit)>,
+    unit_notices: broadcast::Sender<UnitNotice>,
     link: watch::Sender<bool>,
     metrics: Arc<Metrics>,
 }
@@ -149,18 +150,18 @@ pub(super) struct PubSubListener {
 impl PubSubListener {
     pub(super) fn new(client: ::redis::Client, metrics: Arc<Metrics>) -> (Notices, Self) {
         let (notices, _) = broadcast::channel(1024);
-        let (completions, _) = broadcast::channel(4096);
+        let (unit_notices, _) = broadcast::channel(4096);
         let (link, link_rx) = watch::channel(false);
         (
             Notices {
                 notices: notices.clone(),
-                completions: completions.clone(),
+                unit_notices: unit_notices.clone(),
                 link: link_rx,
             },
             PubSubListener {
                 client,
                 notices,
-                completions,
+                unit_notices,
                 link,
                 metrics,
             },
@@ -264,10 +265,12 @@ impl PubSubListener {
         let Some((kind, unit)) = payload.split_once(' ') else {
             return;
         };
-        if kind == "done" {
-            if let Ok(parsed) = unit.parse::<Unit>() {
-                let _ = self.completions.send((job, parsed));
-            }
+        if let Ok(parsed) = unit.parse::<Unit>() {
+            let _ = self.unit_notices.send(UnitNotice {
+                job,
+                unit: parsed,
+                done: kind == "done",
+            });
         }
         // No receiver (nobody waiting) is fine.
         let _ = self.notices.send(Notice {

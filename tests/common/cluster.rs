@@ -1,0 +1,258 @@
+//! Several pods that form one cluster: one real `redis-server`, one shared
+//! storage folder, the same source roots, and a distinct
+//! `SEGSWARM_WORKER_ID` per pod (`pod-a`, `pod-b`, ...).
+//!
+//! [`Cluster`] starts pods by name (each with its own extra environment and,
+//! if wanted, its own `ffmpeg` wrapper), kills or SIGTERMs them, and sums a
+//! metric over the pods that are still running. [`hold_wrapper`] makes an
+//! `ffmpeg` wrapper that holds matching encodes for a while before running
+//! the real ffmpeg, so that a pod keeps a claim long enough to observe it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::pod::{metric_value, which, FfmpegWrapper, Pod, PodBuilder};
+use super::redis::RedisServer;
+
+/// A Redis server and the pods that share it and one storage folder.
+pub struct Cluster {
+    // Pods are dropped (killed) before the Redis server.
+    pods: Vec<Member>,
+    root: PathBuf,
+    storage: PathBuf,
+    pub redis: RedisServer,
+    envs: Vec<(String, String)>,
+}
+
+struct Member {
+    name: String,
+    pod: Pod,
+    alive: bool,
+}
+
+impl Cluster {
+    /// Starts a Redis server; pods store into `<root>/storage` and may read
+    /// sources anywhere under `root`.
+    pub fn new(root: &Path) -> Cluster {
+        Cluster {
+            root: root.to_path_buf(),
+            storage: root.join("storage"),
+            redis: RedisServer::start(),
+            envs: Vec::new(),
+            pods: Vec::new(),
+        }
+    }
+
+    /// An environment variable given to every pod started from now on.
+    pub fn env(mut self, key: &str, value: impl AsRef<str>) -> Self {
+        self.envs.retain(|(k, _)| k != key);
+        self.envs
+            .push((key.to_string(), value.as_ref().to_string()));
+        self
+    }
+
+    pub fn storage(&self) -> &Path {
+        &self.storage
+    }
+
+    /// `<storage>/jobs/<id>`.
+    pub fn job_dir(&self, id: &str) -> PathBuf {
+        self.storage.join("jobs").join(id)
+    }
+
+    /// A builder for a member named `name`: shared Redis, storage and source
+    /// roots, the cluster's environment, `SEGSWARM_WORKER_ID=name`.
+    pub fn builder(&self, name: &str) -> PodBuilder {
+        let mut builder = Pod::builder(&self.storage)
+            .env("REDIS_URL", self.redis.url())
+            .env("SEGSWARM_SOURCE_ROOTS", self.root.to_str().unwrap())
+            .env("SEGSWARM_WORKER_ID", name);
+        for (k, v) in &self.envs {
+            builder = builder.env(k, v);
+        }
+        builder
+    }
+
+    /// Starts a member with the cluster's settings.
+    pub async fn start(&mut self, name: &str) -> &Pod {
+        let builder = self.builder(name);
+        self.start_with(name, builder).await
+    }
+
+    /// Starts a member from a builder made by [`Cluster::builder`].
+    pub async fn start_with(&mut self, name: &str, builder: PodBuilder) -> &Pod {
+        assert!(
+            self.pods.iter().all(|m| m.name != name || !m.alive),
+            "pod {name} is already running"
+        );
+        let pod = builder.start().await;
+        self.pods.retain(|m| m.name != name);
+        self.pods.push(Member {
+            name: name.to_string(),
+            pod,
+            alive: true,
+        });
+        self.pod(name)
+    }
+
+    /// The member named `name` (running or not).
+    pub fn pod(&self, name: &str) -> &Pod {
+        &self
+            .pods
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+            .pod
+    }
+
+    fn member_mut(&mut self, name: &str) -> &mut Member {
+        self.pods
+            .iter_mut()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// Names of the members still running.
+    pub fn alive(&self) -> Vec<String> {
+        self.pods
+            .iter()
+            .filter(|m| m.alive)
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    /// Running members, with their names.
+    pub fn running(&self) -> impl Iterator<Item = (&str, &Pod)> {
+        self.pods
+            .iter()
+            .filter(|m| m.alive)
+            .map(|m| (m.name.as_str(), &m.pod))
+    }
+
+    /// SIGKILLs a member and reaps it.
+    pub fn kill(&mut self, name: &str) {
+        let member = self.member_mut(name);
+        member.pod.kill();
+        member.alive = false;
+    }
+
+    /// Sends SIGTERM to a member; it is no longer counted as running.
+    pub fn sigterm(&mut self, name: &str) {
+        let member = self.member_mut(name);
+        member.pod.sigterm();
+        member.alive = false;
+    }
+
+    /// Waits for a member that was sent SIGTERM to exit.
+    pub async fn wait_exit(&mut self, name: &str, limit: Duration) -> bool {
+        self.member_mut(name).pod.wait_exit(limit).await.is_some()
+    }
+
+    /// `name{labels}` summed over the running members.
+    pub async fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut total = 0.0;
+        for (_, pod) in self.running() {
+            total += metric_value(&pod.metrics().await, name, labels).unwrap_or(0.0);
+        }
+        total
+    }
+
+    /// `name{labels}` of every running member, by member name.
+    pub async fn metric_per_pod(&self, name: &str, labels: &[(&str, &str)]) -> Vec<(String, f64)> {
+        let mut values = Vec::new();
+        for (pod_name, pod) in self.running() {
+            let value = metric_value(&pod.metrics().await, name, labels).unwrap_or(0.0);
+            values.push((pod_name.to_string(), value));
+        }
+        values
+    }
+
+    /// Waits until every running member reports `name{labels} == value`;
+    /// returns how long that took.
+    pub async fn wait_metric_everywhere(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+        limit: Duration,
+    ) -> Option<Duration> {
+        let start = Instant::now();
+        loop {
+            let mut all = true;
+            for (_, pod) in self.running() {
+                if metric_value(&pod.metrics().await, name, labels) != Some(value) {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                return Some(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls `GET /v1/jobs/<id>` on every running member until each reports
+    /// one of `statuses`; returns the jobs by member name.
+    pub async fn wait_status_everywhere(
+        &self,
+        id: &str,
+        statuses: &[&str],
+        limit: Duration,
+    ) -> Vec<(String, serde_json::Value)> {
+        let mut jobs = Vec::new();
+        for (name, pod) in self.running() {
+            jobs.push((name.to_string(), pod.wait_status(id, statuses, limit).await));
+        }
+        jobs
+    }
+
+    /// Every pod's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        for member in &self.pods {
+            text.push_str(&format!(
+                "--- {} log\n{}\n",
+                member.name,
+                member.pod.log_text()
+            ));
+        }
+        text
+    }
+}
+
+/// An `ffmpeg` wrapper in `dir` that logs every invocation like
+/// [`FfmpegWrapper`] (`<unix time> <args>`) and, when the arguments contain
+/// `pattern`, waits `hold` before running the real ffmpeg, giving up
+/// (exit 1, without running ffmpeg) as soon as the pod that started it is
+/// gone, so that a killed pod leaves nothing behind.
+pub fn hold_wrapper(dir: &Path, pattern: &str, hold: Duration) -> FfmpegWrapper {
+    let bin_dir = dir.join("wrapper-bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let log = dir.join("ffmpeg-invocations.log");
+    let real = which("ffmpeg");
+    let ticks = (hold.as_millis() / 20).max(1);
+    let script = format!(
+        "#!/bin/sh\n\
+         printf '%s %s\\n' \"$(date +%s.%N)\" \"$*\" >> '{log}'\n\
+         case \"$*\" in *'{pattern}'*)\n\
+         \x20 i=0\n\
+         \x20 while [ $i -lt {ticks} ]; do\n\
+         \x20   kill -0 $PPID 2>/dev/null || exit 1\n\
+         \x20   sleep 0.02\n\
+         \x20   i=$((i+1))\n\
+         \x20 done;;\n\
+         esac\n\
+         exec '{real}' \"$@\"\n",
+        log = log.display(),
+        real = real.display()
+    );
+    let path = bin_dir.join("ffmpeg");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    FfmpegWrapper { bin_dir, log }
+}
