@@ -322,6 +322,11 @@ impl JobManager {
         manager
     }
 
+    /// The worker behind this manager (read-only views: mode, units held).
+    pub fn worker(&self) -> &Arc<Worker> {
+        &self.worker
+    }
+
     /// A problem of the worker that should make the pod not ready.
     pub fn worker_problem(&self) -> Option<String> {
         self.worker.health_problem()

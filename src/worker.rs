@@ -469,6 +469,44 @@ impl Worker {
         true
     }
 
+    /// Units this worker holds right now (claiming or encoding), with their
+    /// job: a read-only view for the dashboard.
+    pub fn running_units(&self) -> Vec<(JobId, Unit)> {
+        let jobs = self.shared.lock_jobs().clone();
+        let mut running = Vec::new();
+        for job in jobs {
+            let state = job.lock();
+            let mut units: Vec<Unit> = state
+                .units
+                .iter()
+                .filter(|(_, s)| **s == UnitState::Running)
+                .map(|(unit, _)| unit.clone())
+                .collect();
+            units.sort();
+            running.extend(units.into_iter().map(|unit| (job.id(), unit)));
+        }
+        running
+    }
+
+    /// Ids of the jobs this worker is running.
+    pub fn job_ids(&self) -> Vec<JobId> {
+        self.shared.lock_jobs().iter().map(|j| j.id()).collect()
+    }
+
+    /// Which kind of coordination is in force now.
+    pub fn mode(&self) -> crate::coord::Mode {
+        self.shared.coord.mode()
+    }
+
+    /// Claims of `job` held by any pod, as the coordinator lists them
+    /// (`(unit, worker_id)`; empty when it cannot, as in local mode).
+    pub async fn claim_holders(
+        &self,
+        job: JobId,
+    ) -> Result<Vec<(String, String)>, crate::coord::CoordError> {
+        self.shared.coord.holders(job).await
+    }
+
     /// A reason this pod should not receive traffic, if any (it is pausing
     /// after a run of failures).
     pub fn health_problem(&self) -> Option<String> {

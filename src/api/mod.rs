@@ -1,12 +1,14 @@
 //! The HTTP interface every pod serves: the jobs API under `/v1`, HLS files
-//! under `/hls`, `/metrics`, `/healthz` and `/readyz`.
+//! under `/hls`, the dashboard at `/`, `/metrics`, `/healthz` and `/readyz`.
 //!
 //! Owns routing, authentication, request parsing and the JSON error format
 //! `{"error": {"code", "message"}}`. Handlers translate; the decisions are
 //! made by [`crate::jobs::JobManager`] and the worker behind it.
 
+mod cluster;
 mod files;
 mod jobs;
+mod ui;
 
 use crate::jobs::{JobError, JobManager, JobStatus};
 use crate::metrics::Metrics;
@@ -127,11 +129,13 @@ impl From<JobError> for ApiError {
 
 /// The whole router of a pod.
 pub fn router(state: AppState) -> Router {
-    let api =
-        jobs::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let api = jobs::routes()
+        .merge(cluster::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(api)
         .merge(files::routes())
+        .merge(ui::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

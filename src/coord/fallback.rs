@@ -289,4 +289,13 @@ impl Coordinator for FallbackCoordinator {
         }
         Ok(())
     }
+
+    /// Redis's claims while distributed; none while local (this pod's own
+    /// units are known to its worker).
+    async fn holders(&self, job: JobId) -> Result<Vec<(String, String)>, CoordError> {
+        if self.shared.is_local() {
+            return Ok(Vec::new());
+        }
+        self.shared.redis.holders(job).await
+    }
 }

@@ -150,6 +150,14 @@ pub trait Coordinator: Send + Sync {
 
     /// Forgets a finished or canceled job's claims and counters.
     async fn forget(&self, job: JobId) -> Result<(), CoordError>;
+
+    /// The claims of `job` held right now by any pod, as `(unit, worker_id)`,
+    /// when the backend can list them (Redis). Read-only, for display: the
+    /// answer may be stale by the time it is read. Empty by default.
+    async fn holders(&self, job: JobId) -> Result<Vec<(String, String)>, CoordError> {
+        let _ = job;
+        Ok(Vec::new())
+    }
 }
 
 /// A unit of a job was finished (`done`) or given back (not `done`) by

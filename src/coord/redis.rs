@@ -619,6 +619,52 @@ impl Coordinator for RedisCoordinator {
             .map_err(|err| unavailable(format!("forget of job {job}"), err))?;
         Ok(())
     }
+
+    /// SCANs the job's claim keys and reads each value (`<token>
+    /// <worker_id>`). A key that expired between the two steps is skipped.
+    async fn holders(&self, job: JobId) -> Result<Vec<(String, String)>, CoordError> {
+        let keys = JobKeys::new(job);
+        let claim_prefix = format!("{}:claim:", keys.prefix);
+        let pattern = format!("{claim_prefix}*");
+        let fut = async {
+            let mut conn = self.pool.get().await?;
+            let mut names: Vec<String> = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(200)
+                    .query_async(&mut *conn)
+                    .await?;
+                names.extend(batch);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            let mut holders = Vec::new();
+            for name in names {
+                let value: Option<String> = ::redis::cmd("GET")
+                    .arg(&name)
+                    .query_async(&mut *conn)
+                    .await?;
+                let holder = value
+                    .as_deref()
+                    .and_then(|v| v.split_once(' '))
+                    .map(|(_, worker)| worker.to_string());
+                if let (Some(unit), Some(worker)) = (name.strip_prefix(&claim_prefix), holder) {
+                    holders.push((unit.to_string(), worker));
+                }
+            }
+            Ok(holders)
+        };
+        self.bounded(fut)
+            .await
+            .map_err(|err| unavailable(format!("holders of job {job}"), err))
+    }
 }
 
 #[cfg(test)]

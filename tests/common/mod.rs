@@ -12,6 +12,8 @@
 //!   injection.
 //! - [`redis`]: a real `redis-server` on a free loopback port
 //!   ([`redis::RedisServer`]), stoppable and restartable on the same port.
+//! - [`browser`]: headless Chromium through the node scripts in
+//!   `tests/browser/` (pinned hls.js and playwright-core).
 //! - [`cluster`]: several pods sharing one Redis and one storage folder
 //!   ([`cluster::Cluster`]) and an `ffmpeg` wrapper that holds encodes.
 //!
@@ -19,6 +21,7 @@
 //! hence the module-level `dead_code` and `unused_imports` allowances.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod cluster;
 pub mod hls;
 pub mod media;
