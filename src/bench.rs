@@ -63,6 +63,19 @@ pub enum BenchCommand {
     Handoff(HandoffArgs),
     /// RSS of a real pod, idle and while transcoding (figure 6).
     Memory(MemoryArgs),
+    /// Time from submit to `playable` on a real pod, against the encode
+    /// time of one lowest-rendition segment (figure 2).
+    Playable(PlayableArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PlayableArgs {
+    /// Runs; the table shows min/median/max.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Length of the generated 1920x1080 30 fps clip.
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u32,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -140,6 +153,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         BenchCommand::Scale(args) => scale(&args).await?,
         BenchCommand::Handoff(args) => handoff(&args).await?,
         BenchCommand::Memory(args) => memory(&args).await?,
+        BenchCommand::Playable(args) => playable(&args).await?,
     };
     report.print();
     Ok(())
@@ -872,6 +886,135 @@ async fn memory(args: &MemoryArgs) -> Result<Report, BenchError> {
         report.add("idle rss MB", idle);
         report.add("max rss under load MB", peak);
         report.add("job seconds", started.elapsed().as_secs_f64());
+        pod.stop();
+    }
+    Ok(report)
+}
+
+/// Figure 2: a real pod is started, the source submitted, and the time to
+/// the job's `playable` flag measured (polled every 10 ms); the same
+/// source's segment 0 of the lowest rendition is encoded alone through the
+/// library (probe, plan, one batch) for the comparison.
+async fn playable(args: &PlayableArgs) -> Result<Report, BenchError> {
+    use crate::encode::{Batch, VideoOutput};
+    use crate::ffmpeg::RunControl;
+    let mut report = Report::new("playable", args.repeat);
+    let tmp = TempDir::new("playable")?;
+    let source = tmp.path().join("src").join("clip.mp4");
+    std::fs::create_dir_all(tmp.path().join("src"))?;
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=s=1920x1080:r=30")
+        .args(["-f", "lavfi", "-i", "sine=f=440:sample_rate=48000", "-t"])
+        .arg(args.seconds.max(1).to_string())
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"])
+        .arg(&source)
+        .status()?;
+    if !status.success() {
+        return Err(setup("ffmpeg could not generate the source clip"));
+    }
+    let parsed = crate::source::Source::parse(&source.display().to_string(), None)
+        .map_err(|e| setup(e.to_string()))?;
+    let info = crate::probe::probe(&parsed)
+        .await
+        .map_err(|e| setup(e.to_string()))?;
+    let plan = crate::plan::Plan::new(
+        JobId::new_v4(),
+        parsed,
+        crate::config::EncodeSettings::default(),
+        &info,
+    )
+    .map_err(|e| setup(e.to_string()))?;
+    let lowest = plan
+        .renditions
+        .first()
+        .cloned()
+        .ok_or_else(|| setup("the plan has no rendition"))?;
+    let exe = std::env::current_exe()?;
+    let http = reqwest::Client::new();
+    for run in 0..args.repeat.max(1) {
+        // One lowest-rendition segment, encoded alone.
+        let batch = Batch::Video {
+            segment: plan.segments[0].clone(),
+            outputs: vec![VideoOutput {
+                rendition: lowest.clone(),
+                tmp_path: tmp.path().join(format!("segment-{run}.ts")),
+            }],
+        };
+        let started = Instant::now();
+        batch
+            .run(
+                &plan,
+                RunControl {
+                    cancel: tokio_util::sync::CancellationToken::new(),
+                    stall_timeout: Duration::from_secs(60),
+                    progress: None,
+                },
+            )
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let segment_seconds = started.elapsed().as_secs_f64();
+
+        let port = free_port()?;
+        let storage = tmp.path().join(format!("data-{run}"));
+        let mut pod = PodChild(
+            Command::new(&exe)
+                .arg("serve")
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .arg("--storage-dir")
+                .arg(&storage)
+                .arg("--source-roots")
+                .arg(tmp.path().join("src"))
+                .env_remove("REDIS_URL")
+                .env("SEGSWARM_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(resp) = http.get(format!("{base}/healthz")).send().await {
+                if resp.status().is_success() {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(setup("the pod did not answer /healthz within 15 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let submitted = Instant::now();
+        let job: serde_json::Value = http
+            .post(format!("{base}/v1/jobs"))
+            .json(&serde_json::json!({"source": source}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let id = job["id"]
+            .as_str()
+            .ok_or_else(|| setup("no job id in the answer"))?
+            .to_string();
+        let to_playable = loop {
+            let state: serde_json::Value = http
+                .get(format!("{base}/v1/jobs/{id}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if state["playable"].as_bool() == Some(true) {
+                break submitted.elapsed().as_secs_f64();
+            }
+            if state["status"] == "failed" || submitted.elapsed() > Duration::from_secs(600) {
+                return Err(setup("the job did not become playable"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        report.add("segment 0 lowest rendition encode s", segment_seconds);
+        report.add("submit to playable s", to_playable);
+        report.add("ratio playable/segment", to_playable / segment_seconds);
         pod.stop();
     }
     Ok(report)

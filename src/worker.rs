@@ -1194,9 +1194,35 @@ fn reserve_next(job: &JobRun) -> Option<Vec<Unit>> {
         return Some(vec![unit]);
     }
     let eager = job.options.eager_video;
+    // Until the job plays (audio and the lowest rendition's segment 0 are
+    // on storage), nothing else starts: on a busy machine the rest of the
+    // ladder would only slow down the few encodes a player is waiting for.
+    let lowest_first = job.plan.renditions.first().map(|r| Unit::Video {
+        rendition: r.name.clone(),
+        index: 0,
+    });
+    // A unit that failed for good opens the gate too: the job goes on.
+    let settled = |unit: &Unit| {
+        matches!(
+            state.units.get(unit),
+            Some(UnitState::Done | UnitState::Failed(_))
+        )
+    };
+    let playable = lowest_first.as_ref().is_none_or(settled)
+        && job
+            .plan
+            .audio
+            .iter()
+            .all(|a| settled(&Unit::Audio { track: a.track }));
     let first = state.order[state.cursor..]
         .iter()
-        .find(|unit| (eager || !matches!(unit, Unit::Video { .. })) && ready(&state, unit))?
+        .find(|unit| {
+            let wanted_now = match unit {
+                Unit::Video { .. } => eager && (playable || Some(*unit) == lowest_first.as_ref()),
+                _ => true,
+            };
+            wanted_now && ready(&state, unit)
+        })?
         .clone();
     let lowest = job.plan.renditions.first().map(|r| r.name.as_str());
     let units = match &first {
