@@ -108,9 +108,15 @@ impl Packager {
             };
             let changed = self.lock().media.get(&rendition.name) != Some(&(shown, finished));
             if changed && shown > 0 {
-                let bytes = self.media_playlist(shown, finished || self.listing == Listing::Full);
-                self.layout
-                    .write_atomic(&self.layout.media_playlist(&rendition.name), &bytes)?;
+                let final_playlist = finished || self.listing == Listing::Full;
+                let path = self.layout.media_playlist(&rendition.name);
+                // In a cluster every pod writes playlists from its own view,
+                // and views lag each other: never replace a finished (VOD)
+                // playlist with a growing one from a pod that is behind.
+                if final_playlist || !is_finished_playlist(&path) {
+                    let bytes = self.media_playlist(shown, final_playlist);
+                    self.layout.write_atomic(&path, &bytes)?;
+                }
                 self.lock()
                     .media
                     .insert(rendition.name.clone(), (shown, finished));
@@ -316,6 +322,17 @@ fn set_float_precision() {
     // m3u8-rs writes EXTINF with this many decimals; microseconds are plenty
     // and keep f32 noise out of the playlists.
     m3u8_rs::WRITE_OPT_FLOAT_PRECISION.store(6, Ordering::Relaxed);
+}
+
+/// True when the media playlist at `path` exists and has ENDLIST.
+fn is_finished_playlist(path: &Path) -> bool {
+    std::fs::read(path)
+        .map(|bytes| {
+            bytes
+                .windows(b"#EXT-X-ENDLIST".len())
+                .any(|w| w == b"#EXT-X-ENDLIST")
+        })
+        .unwrap_or(false)
 }
 
 /// Reads and parses a media playlist.
