@@ -797,51 +797,11 @@ fn won(outcomes: Vec<ClaimOutcome>) -> Result<Lease, BenchError> {
 async fn memory(args: &MemoryArgs) -> Result<Report, BenchError> {
     let mut report = Report::new("memory", args.repeat);
     let tmp = TempDir::new("memory")?;
-    let source = tmp.path().join("src").join("clip.mp4");
-    std::fs::create_dir_all(tmp.path().join("src"))?;
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc2=s=1280x720:r=30")
-        .args(["-f", "lavfi", "-i", "sine=f=440:sample_rate=48000", "-t"])
-        .arg(args.seconds.max(1).to_string())
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"])
-        .arg(&source)
-        .status()?;
-    if !status.success() {
-        return Err(setup("ffmpeg could not generate the source clip"));
-    }
+    let source = generate_clip(tmp.path(), "1280x720", args.seconds)?;
     let exe = std::env::current_exe()?;
     let http = reqwest::Client::new();
     for run in 0..args.repeat.max(1) {
-        let port = free_port()?;
-        let storage = tmp.path().join(format!("data-{run}"));
-        let mut pod = PodChild(
-            Command::new(&exe)
-                .arg("serve")
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .arg("--storage-dir")
-                .arg(&storage)
-                .arg("--source-roots")
-                .arg(tmp.path().join("src"))
-                .env_remove("REDIS_URL")
-                .env("SEGSWARM_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        );
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(resp) = http.get(format!("{base}/healthz")).send().await {
-                if resp.status().is_success() {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(setup("the pod did not answer /healthz within 15 s"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (mut pod, base) = start_pod(&exe, tmp.path(), run, &http).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let pid = pod.0.id();
         let idle = rss_mb(pid)?;
@@ -900,19 +860,7 @@ async fn playable(args: &PlayableArgs) -> Result<Report, BenchError> {
     use crate::ffmpeg::RunControl;
     let mut report = Report::new("playable", args.repeat);
     let tmp = TempDir::new("playable")?;
-    let source = tmp.path().join("src").join("clip.mp4");
-    std::fs::create_dir_all(tmp.path().join("src"))?;
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc2=s=1920x1080:r=30")
-        .args(["-f", "lavfi", "-i", "sine=f=440:sample_rate=48000", "-t"])
-        .arg(args.seconds.max(1).to_string())
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"])
-        .arg(&source)
-        .status()?;
-    if !status.success() {
-        return Err(setup("ffmpeg could not generate the source clip"));
-    }
+    let source = generate_clip(tmp.path(), "1920x1080", args.seconds)?;
     let parsed = crate::source::Source::parse(&source.display().to_string(), None)
         .map_err(|e| setup(e.to_string()))?;
     let info = crate::probe::probe(&parsed)
@@ -955,35 +903,7 @@ async fn playable(args: &PlayableArgs) -> Result<Report, BenchError> {
             .map_err(|e| setup(e.to_string()))?;
         let segment_seconds = started.elapsed().as_secs_f64();
 
-        let port = free_port()?;
-        let storage = tmp.path().join(format!("data-{run}"));
-        let mut pod = PodChild(
-            Command::new(&exe)
-                .arg("serve")
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .arg("--storage-dir")
-                .arg(&storage)
-                .arg("--source-roots")
-                .arg(tmp.path().join("src"))
-                .env_remove("REDIS_URL")
-                .env("SEGSWARM_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        );
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(resp) = http.get(format!("{base}/healthz")).send().await {
-                if resp.status().is_success() {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(setup("the pod did not answer /healthz within 15 s"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (mut pod, base) = start_pod(&exe, tmp.path(), run, &http).await?;
         let submitted = Instant::now();
         let job: serde_json::Value = http
             .post(format!("{base}/v1/jobs"))
@@ -1018,6 +938,63 @@ async fn playable(args: &PlayableArgs) -> Result<Report, BenchError> {
         pod.stop();
     }
     Ok(report)
+}
+
+/// Generates a clip of `size` (e.g. 1280x720) with motion and a tone under
+/// `<dir>/src/`, the folder the benches' pods accept sources from.
+fn generate_clip(dir: &Path, size: &str, seconds: u32) -> Result<PathBuf, BenchError> {
+    let source = dir.join("src").join("clip.mp4");
+    std::fs::create_dir_all(dir.join("src"))?;
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=s={size}:r=30"))
+        .args(["-f", "lavfi", "-i", "sine=f=440:sample_rate=48000", "-t"])
+        .arg(seconds.max(1).to_string())
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"])
+        .arg(&source)
+        .status()?;
+    if !status.success() {
+        return Err(setup("ffmpeg could not generate the source clip"));
+    }
+    Ok(source)
+}
+
+/// Starts a real pod in local mode on a free port with its own storage
+/// under `dir`, and waits until it answers `/healthz`.
+async fn start_pod(
+    exe: &Path,
+    dir: &Path,
+    run: usize,
+    http: &reqwest::Client,
+) -> Result<(PodChild, String), BenchError> {
+    let port = free_port()?;
+    let pod = PodChild(
+        Command::new(exe)
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--storage-dir")
+            .arg(dir.join(format!("data-{run}")))
+            .arg("--source-roots")
+            .arg(dir.join("src"))
+            .env_remove("REDIS_URL")
+            .env("SEGSWARM_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(resp) = http.get(format!("{base}/healthz")).send().await {
+            if resp.status().is_success() {
+                return Ok((pod, base));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(setup("the pod did not answer /healthz within 15 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// CPU time (user + system) of this process so far, all threads, from
