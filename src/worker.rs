@@ -858,11 +858,21 @@ impl Shared {
             .unit_encode_seconds
             .with_label_values(&[kind])
             .observe(started.elapsed().as_secs_f64());
+        // The renewer may not have run since the lease was lost: a pod frozen
+        // past its TTL (SIGSTOP, a paused VM) resumes with ffmpeg finished
+        // and another pod's output of the unit already published. Asking
+        // once more before the rename keeps a lost lease from publishing
+        // over the taker's file; the renewal it makes also covers the
+        // rename itself.
+        if result.is_ok() && !self.leases_still_held(&leases).await {
+            lost.store(true, Ordering::Relaxed);
+        }
         match result {
-            Ok(()) => self.publish(&job, &batch, &leases).await,
-            Err(err) => {
+            Ok(()) if !lost.load(Ordering::Relaxed) => self.publish(&job, &batch, &leases).await,
+            result => {
                 remove_outputs(&batch);
-                if lost.load(Ordering::Relaxed) || err.is_canceled() {
+                let err = result.err();
+                if lost.load(Ordering::Relaxed) || err.as_ref().is_some_and(|e| e.is_canceled()) {
                     // Not the unit's fault: give the leases back so others
                     // (or this pod later) take them now, not after the TTL.
                     for lease in &leases {
@@ -880,11 +890,25 @@ impl Shared {
                         }
                     }
                     self.wake.notify_waiters();
-                } else {
+                } else if let Some(err) = err {
                     self.fail_leases(&job, &leases, &err.to_string()).await;
                 }
             }
         }
+    }
+
+    /// Renews every lease once; false (counted as a lost lease) when one is
+    /// held by someone else now. A coordinator error says nothing about the
+    /// lease, so it counts as held: publishing is safe, only wasteful.
+    async fn leases_still_held(&self, leases: &[Lease]) -> bool {
+        for lease in leases {
+            if let Ok(false) = self.coord.renew(lease).await {
+                tracing::warn!(unit = %lease.unit, "lease lost before publishing; dropping the output");
+                self.metrics.leases_lost.inc();
+                return false;
+            }
+        }
+        true
     }
 
     /// Moves verified outputs into place and completes their leases.

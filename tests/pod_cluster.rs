@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::cluster::{
+    claims, done_units, job_id, output_stamps, unit_count, unit_of, wait_planned,
+};
 use common::{
     ffmpeg_processes_mentioning, gen_clip, has_metric, hold_wrapper, metric_value, seg_files,
     validate_hls, wait_for, ClipSpec, Cluster, FfmpegWrapper, Pod, TestDir,
@@ -40,22 +43,6 @@ const COORD_METRICS: [&str; 11] = [
     "segswarm_fallbacks_total",
 ];
 
-/// Units of a planned job as the API reports it: every video segment of
-/// every rendition, each audio track and the thumbnail.
-fn unit_count(job: &Value) -> usize {
-    let video: u64 = job["renditions"]
-        .as_array()
-        .expect("renditions")
-        .iter()
-        .map(|r| r["total"].as_u64().unwrap_or(0))
-        .sum();
-    video as usize + job["audio_tracks"].as_u64().unwrap_or(0) as usize + 1
-}
-
-fn job_id(job: &Value) -> String {
-    job["id"].as_str().expect("job id").to_string()
-}
-
 /// Polls `GET /v1/jobs/<id>` on `pod` until it answers 200; returns the time
 /// it took, or None after `limit`.
 async fn wait_known(pod: &Pod, id: &str, limit: Duration) -> Option<Duration> {
@@ -72,66 +59,11 @@ async fn wait_known(pod: &Pod, id: &str, limit: Duration) -> Option<Duration> {
     }
 }
 
-/// Polls until the job is planned on `pod` (renditions listed).
-async fn wait_planned(pod: &Pod, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let job = pod.job(id).await;
-        if job["renditions"].as_array().is_some_and(|r| !r.is_empty()) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} not planned: {job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The parent pid of a process, from /proc.
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// (inode, mtime in ns) of every published output of a job folder.
-fn outputs(job_dir: &Path, renditions: &[&str]) -> BTreeMap<PathBuf, (u64, i128)> {
-    let mut files = Vec::new();
-    for rendition in renditions {
-        files.extend(seg_files(&job_dir.join(rendition)));
-    }
-    files.extend(seg_files(&job_dir.join("audio/0")));
-    files.push(job_dir.join("audio/0/index.m3u8"));
-    files.push(job_dir.join("thumbnail.webp"));
-    files
-        .into_iter()
-        .filter_map(|p| {
-            let meta = std::fs::metadata(&p).ok()?;
-            let mtime = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
-            Some((p, (meta.ino(), mtime)))
-        })
-        .collect()
-}
-
-/// Claim keys of a job in Redis with their values (`<token> <worker>`).
-fn claims(cluster: &Cluster, id: &str) -> BTreeMap<String, String> {
-    let mut found = BTreeMap::new();
-    for key in cluster.redis.keys(&format!("segswarm:{{{id}}}:claim:*")) {
-        let value: Option<String> = cluster.redis.command(&["GET", &key]);
-        if let Some(value) = value {
-            found.insert(key, value);
-        }
-    }
-    found
-}
-
-/// The unit name of a claim key (`video/240p/0`).
-fn unit_of(key: &str) -> &str {
-    key.split_once(":claim:").map(|(_, u)| u).unwrap_or(key)
-}
-
-fn done_units(cluster: &Cluster, id: &str) -> Vec<String> {
-    cluster
-        .redis
-        .command(&["SMEMBERS", &format!("segswarm:{{{id}}}:done")])
 }
 
 type Hooks = Arc<Mutex<Vec<(String, Value)>>>;
@@ -989,7 +921,7 @@ async fn flushall_mid_job_keeps_finished_units() {
         .await;
     assert!(renewals >= 1.0, "no lease renewal before FLUSHALL");
 
-    let before = outputs(&job_dir, &["240p", "360p"]);
+    let before = output_stamps(&job_dir, &["240p", "360p"]);
     let done_before = done_units(&cluster, &id).len();
     cluster.redis.flushall();
     println!(
@@ -1003,7 +935,7 @@ async fn flushall_mid_job_keeps_finished_units() {
     {
         assert_eq!(job["status"], "done", "{name}: {job}");
     }
-    let after = outputs(&job_dir, &["240p", "360p"]);
+    let after = output_stamps(&job_dir, &["240p", "360p"]);
     for (path, stamp) in &before {
         assert_eq!(
             after.get(path),

@@ -6,12 +6,21 @@
 //! if wanted, its own `ffmpeg` wrapper), kills or SIGTERMs them, and sums a
 //! metric over the pods that are still running. [`hold_wrapper`] makes an
 //! `ffmpeg` wrapper that holds matching encodes for a while before running
-//! the real ffmpeg, so that a pod keeps a claim long enough to observe it.
+//! the real ffmpeg, so that a pod keeps a claim long enough to observe it;
+//! [`traced_wrapper`] does the same and also records which pod ran each
+//! encode, into one log that several pods share ([`FfmpegWrapper::encodes`]).
+//! The free functions read a job's state: its units from the API, its claims
+//! and done set from Redis, and the identity of its published files.
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use super::pod::{metric_value, which, FfmpegWrapper, Pod, PodBuilder};
+use super::process::seg_files;
 use super::redis::RedisServer;
 
 /// A Redis server and the pods that share it and one storage folder.
@@ -230,23 +239,50 @@ impl Cluster {
 /// (exit 1, without running ffmpeg) as soon as the pod that started it is
 /// gone, so that a killed pod leaves nothing behind.
 pub fn hold_wrapper(dir: &Path, pattern: &str, hold: Duration) -> FfmpegWrapper {
+    let log = dir.join("ffmpeg-invocations.log");
+    write_wrapper(dir, &log, false, Some((pattern, hold)))
+}
+
+/// An `ffmpeg` wrapper in `dir` that appends `<unix time> <pod pid> <own
+/// pid> <args>` to `log` (which several pods' wrappers may share; read it
+/// with [`FfmpegWrapper::encodes`]) and holds encodes matching `hold` like
+/// [`hold_wrapper`]. Its own pid is the pid of the ffmpeg it becomes.
+pub fn traced_wrapper(dir: &Path, log: &Path, hold: Option<(&str, Duration)>) -> FfmpegWrapper {
+    write_wrapper(dir, log, true, hold)
+}
+
+fn write_wrapper(
+    dir: &Path,
+    log: &Path,
+    with_pids: bool,
+    hold: Option<(&str, Duration)>,
+) -> FfmpegWrapper {
     let bin_dir = dir.join("wrapper-bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
-    let log = dir.join("ffmpeg-invocations.log");
     let real = which("ffmpeg");
-    let ticks = (hold.as_millis() / 20).max(1);
+    let line = if with_pids {
+        "printf '%s %s %s %s\\n' \"$(date +%s.%N)\" \"$PPID\" \"$$\" \"$*\""
+    } else {
+        "printf '%s %s\\n' \"$(date +%s.%N)\" \"$*\""
+    };
+    let hold = match hold {
+        None => String::new(),
+        Some((pattern, hold)) => {
+            let ticks = (hold.as_millis() / 20).max(1);
+            format!(
+                "case \"$*\" in *'{pattern}'*)\n\
+                 \x20 i=0\n\
+                 \x20 while [ $i -lt {ticks} ]; do\n\
+                 \x20   kill -0 $PPID 2>/dev/null || exit 1\n\
+                 \x20   sleep 0.02\n\
+                 \x20   i=$((i+1))\n\
+                 \x20 done;;\n\
+                 esac\n"
+            )
+        }
+    };
     let script = format!(
-        "#!/bin/sh\n\
-         printf '%s %s\\n' \"$(date +%s.%N)\" \"$*\" >> '{log}'\n\
-         case \"$*\" in *'{pattern}'*)\n\
-         \x20 i=0\n\
-         \x20 while [ $i -lt {ticks} ]; do\n\
-         \x20   kill -0 $PPID 2>/dev/null || exit 1\n\
-         \x20   sleep 0.02\n\
-         \x20   i=$((i+1))\n\
-         \x20 done;;\n\
-         esac\n\
-         exec '{real}' \"$@\"\n",
+        "#!/bin/sh\n{line} >> '{log}'\n{hold}exec '{real}' \"$@\"\n",
         log = log.display(),
         real = real.display()
     );
@@ -254,5 +290,148 @@ pub fn hold_wrapper(dir: &Path, pattern: &str, hold: Duration) -> FfmpegWrapper 
     std::fs::write(&path, script).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    FfmpegWrapper { bin_dir, log }
+    FfmpegWrapper {
+        bin_dir,
+        log: log.to_path_buf(),
+    }
+}
+
+/// One ffmpeg run logged by a [`traced_wrapper`].
+#[derive(Clone, Debug)]
+pub struct Encode {
+    /// Unix time at which the pod started it.
+    pub time: f64,
+    /// The `segswarm serve` that started it.
+    pub pod_pid: u32,
+    /// The ffmpeg process (the wrapper execs it).
+    pub pid: u32,
+    /// The units it makes, named as in Redis: `video/240p/3`, `audio/0`,
+    /// `thumbnail`.
+    pub units: Vec<String>,
+}
+
+impl FfmpegWrapper {
+    /// Every run logged by a [`traced_wrapper`], in log order.
+    pub fn encodes(&self) -> Vec<Encode> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.splitn(4, ' ');
+                Some(Encode {
+                    time: fields.next()?.parse().ok()?,
+                    pod_pid: fields.next()?.parse().ok()?,
+                    pid: fields.next()?.parse().ok()?,
+                    units: units_of_args(fields.next()?),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The units an ffmpeg command line makes, from its in-progress output
+/// paths (`.tmp/<token>-240p-seg_00003.ts`, `.tmp/<token>-audio-0/...`,
+/// `.tmp/<token>-thumbnail.webp`).
+fn units_of_args(args: &str) -> Vec<String> {
+    let mut units = Vec::new();
+    for arg in args.split_whitespace() {
+        let Some((_, name)) = arg.split_once("/.tmp/") else {
+            continue;
+        };
+        let unit = if let Some((head, tail)) = name.split_once("-seg_") {
+            let rendition = head.rsplit('-').next().unwrap_or(head);
+            let index: Option<u64> = tail.strip_suffix(".ts").and_then(|n| n.parse().ok());
+            match index {
+                Some(index) if !name.contains('/') => format!("video/{rendition}/{index}"),
+                _ => continue,
+            }
+        } else if let Some((head, _)) = name.split_once("/index.m3u8") {
+            let track = head.rsplit('-').next().unwrap_or(head);
+            format!("audio/{track}")
+        } else if name.ends_with("-thumbnail.webp") {
+            "thumbnail".to_string()
+        } else {
+            continue;
+        };
+        if !units.contains(&unit) {
+            units.push(unit);
+        }
+    }
+    units
+}
+
+/// The id of a job as the API returns it.
+pub fn job_id(job: &Value) -> String {
+    job["id"].as_str().expect("job id").to_string()
+}
+
+/// Units of a planned job as the API reports it: every video segment of
+/// every rendition, each audio track and the thumbnail.
+pub fn unit_count(job: &Value) -> usize {
+    let video: u64 = job["renditions"]
+        .as_array()
+        .expect("renditions")
+        .iter()
+        .map(|r| r["total"].as_u64().unwrap_or(0))
+        .sum();
+    video as usize + job["audio_tracks"].as_u64().unwrap_or(0) as usize + 1
+}
+
+/// Polls until the job is planned on `pod` (renditions listed).
+pub async fn wait_planned(pod: &Pod, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = pod.job(id).await;
+        if job["renditions"].as_array().is_some_and(|r| !r.is_empty()) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} not planned: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Claim keys of a job in Redis with their values (`<token> <worker>`).
+pub fn claims(cluster: &Cluster, id: &str) -> BTreeMap<String, String> {
+    let mut found = BTreeMap::new();
+    for key in cluster.redis.keys(&format!("segswarm:{{{id}}}:claim:*")) {
+        let value: Option<String> = cluster.redis.command(&["GET", &key]);
+        if let Some(value) = value {
+            found.insert(key, value);
+        }
+    }
+    found
+}
+
+/// The unit name of a claim key (`video/240p/0`).
+pub fn unit_of(key: &str) -> &str {
+    key.split_once(":claim:").map(|(_, u)| u).unwrap_or(key)
+}
+
+/// The units of a job in Redis's done set.
+pub fn done_units(cluster: &Cluster, id: &str) -> Vec<String> {
+    cluster
+        .redis
+        .command(&["SMEMBERS", &format!("segswarm:{{{id}}}:done")])
+}
+
+/// (inode, mtime in ns) of every published output of a job folder: the
+/// segments of `renditions`, audio track 0 and the thumbnail. A file that
+/// is published again gets a new inode (rename), so equal stamps mean the
+/// file was never replaced.
+pub fn output_stamps(job_dir: &Path, renditions: &[&str]) -> BTreeMap<PathBuf, (u64, i128)> {
+    let mut files = Vec::new();
+    for rendition in renditions {
+        files.extend(seg_files(&job_dir.join(rendition)));
+    }
+    files.extend(seg_files(&job_dir.join("audio/0")));
+    files.push(job_dir.join("audio/0/index.m3u8"));
+    files.push(job_dir.join("thumbnail.webp"));
+    files
+        .into_iter()
+        .filter_map(|p| {
+            let meta = std::fs::metadata(&p).ok()?;
+            let mtime = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+            Some((p, (meta.ino(), mtime)))
+        })
+        .collect()
 }

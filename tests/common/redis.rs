@@ -1,9 +1,10 @@
 //! A real `redis-server` on a free loopback port, for tests of the Redis
 //! coordinator and of pods in distributed mode.
 //!
-//! [`RedisServer`] owns the child process: it never persists anything
+//! [`RedisServer`] owns the child process: it persists nothing on its own
 //! (`--save "" --appendonly no`), can be stopped and started again on the same
-//! port (restart tests), and is killed when dropped. [`RedisServer::start_tls`]
+//! port (restart tests), empty after [`RedisServer::stop`] or with its data
+//! after [`RedisServer::stop_keeping_data`], and is killed when dropped. [`RedisServer::start_tls`]
 //! runs one that speaks only TLS and wants a password, with a throwaway CA
 //! made by `openssl`.
 
@@ -17,6 +18,8 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     tls: Option<Tls>,
+    /// Where a [`RedisServer::stop_keeping_data`] snapshot goes.
+    data_dir: PathBuf,
 }
 
 /// A TLS-only server's files and password.
@@ -31,10 +34,12 @@ impl RedisServer {
     /// Starts a server on a free loopback port and waits until it answers
     /// PING.
     pub fn start() -> RedisServer {
+        let port = free_port();
         let mut server = RedisServer {
-            port: free_port(),
+            port,
             child: None,
             tls: None,
+            data_dir: data_dir(port),
         };
         server.start_again();
         server
@@ -113,10 +118,12 @@ impl RedisServer {
             os("-extfile"),
             ext.as_os_str(),
         ]);
+        let port = free_port();
         let mut server = RedisServer {
-            port: free_port(),
+            port,
             child: None,
             tls: Some(tls),
+            data_dir: data_dir(port),
         };
         server.start_again();
         server
@@ -140,12 +147,32 @@ impl RedisServer {
     }
 
     /// Kills the server (like a crash: no shutdown save) and waits for it to
-    /// exit. Does nothing when it is not running.
+    /// exit; it starts again empty. Does nothing when it is not running.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_file(self.data_dir.join("dump.rdb"));
+    }
+
+    /// Stops the server with `SHUTDOWN SAVE`, like an operator restarting a
+    /// Redis that persists: [`RedisServer::start_again`] then loads every
+    /// key back (claims keep their remaining TTL). Plain TCP servers only.
+    pub fn stop_keeping_data(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // The server closes the connection instead of replying.
+        let _ = redis::cmd("SHUTDOWN")
+            .arg("SAVE")
+            .query::<()>(&mut self.connection());
+        let status = child.wait().expect("wait for redis-server");
+        assert!(
+            self.data_dir.join("dump.rdb").is_file(),
+            "redis-server exited ({status}) without saving into {}",
+            self.data_dir.display()
+        );
     }
 
     /// Starts the server again on the same port (empty: nothing is saved) and
@@ -170,6 +197,8 @@ impl RedisServer {
             };
             let mut child = command
                 .args(["--bind", "127.0.0.1"])
+                .arg("--dir")
+                .arg(&self.data_dir)
                 .args(["--save", ""])
                 .args(["--appendonly", "no"])
                 .stdout(Stdio::null())
@@ -254,6 +283,16 @@ impl RedisServer {
     }
 }
 
+/// A fresh folder for one server's snapshot (never the working directory).
+fn data_dir(port: u16) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "segswarm-test-redis-{port}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -264,5 +303,6 @@ fn free_port() -> u16 {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
