@@ -76,6 +76,7 @@ impl Batch {
         let mut args = Args::default();
         args.push_all(["-nostdin", "-v", "error", "-y"]);
         args.push_all(["-protocol_whitelist", plan.source.protocol_whitelist()]);
+        args.push_all(["-format_whitelist", plan.source.format_whitelist()]);
         match self {
             Batch::Video { segment, outputs } => video_args(&mut args, plan, segment, outputs),
             Batch::Audio { track, tmp_dir } => audio_args(&mut args, plan, *track, tmp_dir),
@@ -227,7 +228,11 @@ fn audio_args(args: &mut Args, plan: &Plan, track: usize, tmp_dir: &Path) {
         "-hls_time".to_string(),
         plan.settings.segment_duration.to_string(),
     ]);
-    args.push_all(["-hls_playlist_type", "vod", "-hls_list_size", "0"]);
+    // EVENT: the hls muxer rewrites the playlist after every segment (with
+    // VOD only at the end), so the worker can publish the track as it grows.
+    // temp_file: segments and playlist appear under their names only whole.
+    args.push_all(["-hls_playlist_type", "event", "-hls_list_size", "0"]);
+    args.push_all(["-hls_flags", "temp_file"]);
     args.push("-hls_segment_filename");
     args.push(tmp_dir.join("seg_%05d.ts").into_os_string());
     args.push(tmp_dir.join("index.m3u8").into_os_string());
@@ -318,6 +323,9 @@ async fn verify_audio(tmp_dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("playlist does not parse: {e:?}"))?;
     if playlist.segments.is_empty() {
         return Err("no audio segments".into());
+    }
+    if !playlist.end_list {
+        return Err("playlist has no ENDLIST: the encode stopped early".into());
     }
     for segment in &playlist.segments {
         let path = tmp_dir.join(&segment.uri);

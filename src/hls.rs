@@ -52,8 +52,8 @@ pub struct Availability {
     pub contiguous: HashMap<String, usize>,
     /// Renditions that failed for good; never listed.
     pub failed: Vec<String>,
-    /// Every audio track is published.
-    pub audio_done: bool,
+    /// Every audio track has a playlist on storage (growing or final).
+    pub audio_listed: bool,
 }
 
 /// Writes a job's playlists as its units complete. One per job and pod.
@@ -129,8 +129,9 @@ impl Packager {
                 listed.push(rendition.name.clone());
             }
         }
-        let audio_ready =
-            self.plan.audio.is_empty() || availability.audio_done || self.listing == Listing::Full;
+        let audio_ready = self.plan.audio.is_empty()
+            || availability.audio_listed
+            || self.listing == Listing::Full;
         if listed.is_empty() || !audio_ready {
             return Ok(false);
         }
@@ -325,7 +326,8 @@ fn set_float_precision() {
 }
 
 /// True when the media playlist at `path` exists and has ENDLIST.
-fn is_finished_playlist(path: &Path) -> bool {
+/// True when the playlist at `path` exists and has ENDLIST.
+pub fn is_finished_playlist(path: &Path) -> bool {
     std::fs::read(path)
         .map(|bytes| {
             bytes
@@ -345,8 +347,9 @@ pub fn read_media_playlist(path: &Path) -> Result<MediaPlaylist, HlsError> {
 }
 
 /// Turns the playlist ffmpeg's hls muxer wrote for an audio rendition into
-/// ours: VOD with ENDLIST, segment URIs as bare file names.
-pub fn audio_playlist(ffmpeg_playlist: &MediaPlaylist) -> Vec<u8> {
+/// ours, segment URIs as bare file names: VOD with ENDLIST when `finished`,
+/// else EVENT (the track is still being encoded).
+pub fn audio_playlist(ffmpeg_playlist: &MediaPlaylist, finished: bool) -> Vec<u8> {
     set_float_precision();
     let segments = ffmpeg_playlist
         .segments
@@ -361,8 +364,12 @@ pub fn audio_playlist(ffmpeg_playlist: &MediaPlaylist) -> Vec<u8> {
         version: Some(VERSION),
         target_duration: target_duration(segments.iter().map(|s| f64::from(s.duration))),
         segments,
-        end_list: true,
-        playlist_type: Some(MediaPlaylistType::Vod),
+        end_list: finished,
+        playlist_type: Some(if finished {
+            MediaPlaylistType::Vod
+        } else {
+            MediaPlaylistType::Event
+        }),
         independent_segments: true,
         ..MediaPlaylist::default()
     };

@@ -71,6 +71,27 @@ impl Storage {
         std::fs::remove_file(&probe).map_err(|e| StorageError::new("removing", &probe, e))?;
         Ok(())
     }
+
+    /// Bytes available to this process on the storage's file system, and
+    /// the file system's size (`statvfs`). Cheap enough to call every second.
+    pub fn free_space(&self) -> Result<FreeSpace, StorageError> {
+        let stats = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| StorageError::new("measuring free space of", &self.root, e.into()))?;
+        let block = stats.fragment_size() as u64;
+        Ok(FreeSpace {
+            available: (stats.blocks_available() as u64).saturating_mul(block),
+            total: (stats.blocks() as u64).saturating_mul(block),
+        })
+    }
+}
+
+/// Free space on the storage's file system, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreeSpace {
+    /// What an unprivileged writer may still use.
+    pub available: u64,
+    /// The file system's size.
+    pub total: u64,
 }
 
 /// The paths of one job's folder.
@@ -148,7 +169,13 @@ impl JobLayout {
 
     /// True when `unit`'s final output exists (storage is the truth).
     pub fn is_done(&self, unit: &Unit) -> bool {
-        self.unit_output(unit).is_file()
+        let output = self.unit_output(unit);
+        match unit {
+            // An audio playlist is published while the track is encoded
+            // (EVENT, growing); the track is done once it has ENDLIST.
+            Unit::Audio { .. } => crate::hls::is_finished_playlist(&output),
+            _ => output.is_file(),
+        }
     }
 
     /// Creates the job folder, `.tmp/` and every output folder of `plan`.

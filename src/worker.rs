@@ -18,7 +18,7 @@ use crate::storage::{self, JobLayout, StorageError};
 use crate::JobId;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch, Notify};
@@ -33,6 +33,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// cannot drain the queue by failing everything it touches.
 const SICK_AFTER: usize = 5;
 const SICK_PAUSE: Duration = Duration::from_secs(30);
+/// How often a running audio encode is looked at for finished segments.
+const AUDIO_TRICKLE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How a worker behaves.
 #[derive(Debug, Clone)]
@@ -212,7 +214,9 @@ pub struct JobRun {
     packager: Packager,
     /// Serialises playlist updates so a later snapshot never loses to an
     /// earlier one.
-    publishing: tokio::sync::Mutex<bool>,
+    publishing: tokio::sync::Mutex<()>,
+    /// The master playlist plays (set once, by this pod's packager).
+    plays: AtomicBool,
     state: Mutex<RunState>,
     outcome: watch::Sender<Option<JobOutcome>>,
 }
@@ -277,14 +281,16 @@ impl JobRun {
 
     fn availability(&self) -> Availability {
         let state = self.lock();
-        let audio_done =
-            self.plan.audio.iter().all(|a| {
-                state.units.get(&Unit::Audio { track: a.track }) == Some(&UnitState::Done)
-            });
+        // A track's playlist is on storage from its first segment on,
+        // whichever pod encodes it.
+        let audio_listed = self.plan.audio.iter().all(|a| {
+            state.units.get(&Unit::Audio { track: a.track }) == Some(&UnitState::Done)
+                || self.layout.audio_playlist(a.track).is_file()
+        });
         Availability {
             contiguous: state.contiguous.clone(),
             failed: state.failed_renditions.iter().cloned().collect(),
-            audio_done,
+            audio_listed,
         }
     }
 }
@@ -421,7 +427,8 @@ impl Worker {
             sequence: shared.sequence.fetch_add(1, Ordering::Relaxed),
             skipped,
             cancel: shared.shutdown.child_token(),
-            publishing: tokio::sync::Mutex::new(false),
+            publishing: tokio::sync::Mutex::new(()),
+            plays: AtomicBool::new(false),
             state: Mutex::new(state),
             outcome,
         });
@@ -842,16 +849,24 @@ impl Shared {
         let kind = leases[0].unit.kind();
         self.metrics.units_in_flight.add(leases.len() as i64);
         let started = Instant::now();
-        let result = batch
-            .run(
-                &plan,
-                RunControl {
-                    cancel: run_cancel.clone(),
-                    stall_timeout: self.settings.stall_timeout,
-                    progress: Some(progress_tx),
-                },
-            )
-            .await;
+        let control = RunControl {
+            cancel: run_cancel.clone(),
+            stall_timeout: self.settings.stall_timeout,
+            progress: Some(progress_tx),
+        };
+        let result = match &batch {
+            Batch::Audio { track, tmp_dir } => {
+                let encoded = CancellationToken::new();
+                let run = async {
+                    let result = batch.run(&plan, control).await;
+                    encoded.cancel();
+                    result
+                };
+                let trickle = self.trickle_audio(&job, *track, tmp_dir, &lost, &encoded);
+                tokio::join!(run, trickle).0
+            }
+            _ => batch.run(&plan, control).await,
+        };
         renewer.abort();
         self.metrics.units_in_flight.sub(leases.len() as i64);
         self.metrics
@@ -975,9 +990,85 @@ impl Shared {
         job.layout
             .write_atomic(
                 &job.layout.audio_playlist(track),
-                &hls::audio_playlist(&playlist),
+                &hls::audio_playlist(&playlist, true),
             )
             .map_err(|e| e.to_string())
+    }
+
+    /// While an audio track is encoded, publishes each segment ffmpeg has
+    /// finished and a growing (EVENT) playlist, so the job plays after the
+    /// track's first segment instead of after the whole track (minutes for
+    /// a long source). Stops when the encode ends or the lease is lost; the
+    /// unit is done only when `publish_audio` writes the final playlist.
+    async fn trickle_audio(
+        &self,
+        job: &Arc<JobRun>,
+        track: usize,
+        tmp_dir: &std::path::Path,
+        lost: &AtomicBool,
+        encoded: &CancellationToken,
+    ) {
+        let mut published = 0;
+        loop {
+            tokio::select! {
+                _ = encoded.cancelled() => return,
+                _ = tokio::time::sleep(AUDIO_TRICKLE_INTERVAL) => {}
+            }
+            if lost.load(Ordering::Relaxed) {
+                return;
+            }
+            match self.publish_audio_so_far(job, track, tmp_dir, published) {
+                Ok(count) if count > published => {
+                    published = count;
+                    self.publish_playlists(job).await;
+                }
+                Ok(_) => {}
+                // Not fatal: the final publish after the encode decides.
+                Err(err) => {
+                    tracing::debug!(job = %job.id(), track, "publishing audio so far: {err}")
+                }
+            }
+        }
+    }
+
+    /// Publishes the segments ffmpeg's growing playlist lists beyond the
+    /// first `published` (copies: ffmpeg's folder stays whole for the final
+    /// check), then our EVENT playlist. Returns how many are published.
+    fn publish_audio_so_far(
+        &self,
+        job: &JobRun,
+        track: usize,
+        tmp_dir: &std::path::Path,
+        published: usize,
+    ) -> Result<usize, String> {
+        let ffmpeg_playlist = tmp_dir.join("index.m3u8");
+        if !ffmpeg_playlist.is_file() {
+            return Ok(published);
+        }
+        let playlist = hls::read_media_playlist(&ffmpeg_playlist).map_err(|e| e.to_string())?;
+        if playlist.segments.len() <= published || playlist.end_list {
+            return Ok(published);
+        }
+        let dir = job.layout.audio_dir(track);
+        for segment in &playlist.segments[published..] {
+            let name = hls::file_name(&segment.uri);
+            let from = tmp_dir.join(&name);
+            let bytes =
+                std::fs::read(&from).map_err(|e| format!("reading {}: {e}", from.display()))?;
+            job.layout
+                .write_atomic(&dir.join(&name), &bytes)
+                .map_err(|e| e.to_string())?;
+            self.metrics.bytes_written.inc_by(bytes.len() as u64);
+        }
+        let target = job.layout.audio_playlist(track);
+        // Another pod may have finished the track (after a takeover): never
+        // replace a final playlist with a growing one.
+        if !hls::is_finished_playlist(&target) {
+            job.layout
+                .write_atomic(&target, &hls::audio_playlist(&playlist, false))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(playlist.segments.len())
     }
 
     async fn complete(&self, job: &Arc<JobRun>, lease: &Lease) {
@@ -1080,12 +1171,11 @@ impl Shared {
     /// Rewrites the job's playlists from the current availability; sends
     /// `Playable` the first time the master playlist plays.
     async fn publish_playlists(&self, job: &Arc<JobRun>) {
-        let mut playable = job.publishing.lock().await;
+        let _serial = job.publishing.lock().await;
         let availability = job.availability();
         let complete = job.lock().finished;
         match job.packager.update(&availability, complete).await {
-            Ok(true) if !*playable => {
-                *playable = true;
+            Ok(true) if !job.plays.swap(true, Ordering::Relaxed) => {
                 let _ = self.events.send(WorkerEvent::Playable { job: job.id() });
             }
             Ok(_) => {}
@@ -1232,12 +1322,13 @@ fn reserve_next(job: &JobRun) -> Option<Vec<Unit>> {
             Some(UnitState::Done | UnitState::Failed(_))
         )
     };
-    let playable = lowest_first.as_ref().is_none_or(settled)
-        && job
-            .plan
-            .audio
-            .iter()
-            .all(|a| settled(&Unit::Audio { track: a.track }));
+    let playable = job.plays.load(Ordering::Relaxed)
+        || (lowest_first.as_ref().is_none_or(settled)
+            && job
+                .plan
+                .audio
+                .iter()
+                .all(|a| settled(&Unit::Audio { track: a.track })));
     let first = state.order[state.cursor..]
         .iter()
         .find(|unit| {

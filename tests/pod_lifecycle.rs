@@ -491,3 +491,80 @@ async fn metrics_appear_and_move() {
     assert!(metric_value(&after, "segswarm_unit_encode_seconds_count", &[]).unwrap_or(0.0) > 0.0);
     assert!(metric_value(&after, "segswarm_http_request_seconds_count", &[]).unwrap_or(0.0) > 0.0);
 }
+
+/// The audio track is published while it is encoded: a job plays after the
+/// track's first segment, not after the whole track. The audio encode is
+/// slowed to real time (`-re`) by an `ffmpeg` wrapper, so the whole 12 s
+/// track takes 12 s; the job must play well before that, with an EVENT
+/// audio playlist that later becomes VOD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_plays_while_its_track_is_still_encoding() {
+    let dir = TestDir::new("pod-audio-progressive");
+    let source = dir.join("source.mp4");
+    gen_clip(&source, &ClipSpec::new(12.0).size(320, 180));
+    let bin_dir = dir.join("wrapper-bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let wrapper = bin_dir.join("ffmpeg");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *'-f hls'*) exec '{real}' -re \"$@\";; esac\nexec '{real}' \"$@\"\n",
+            real = common::pod::which("ffmpeg").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let pod = Pod::builder(&dir.join("storage"))
+        .env("SEGSWARM_SOURCE_ROOTS", dir.path().to_str().unwrap())
+        .path_prefix(&bin_dir)
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    let job = pod
+        .submit(json!({ "source": source.to_str().unwrap() }))
+        .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    pod.wait_status(&id, &["playable"], JOB_LIMIT).await;
+    let to_playable = started.elapsed();
+    let audio_playlist = pod.job_dir(&id).join("audio/0/index.m3u8");
+    let text = std::fs::read_to_string(&audio_playlist).expect("audio playlist at playable");
+    assert!(
+        to_playable < Duration::from_secs(9),
+        "playable after {to_playable:?}: the 12 s real-time audio track was waited for"
+    );
+    assert!(
+        text.contains("#EXT-X-PLAYLIST-TYPE:EVENT") && !text.contains("#EXT-X-ENDLIST"),
+        "at playable the audio track is still growing:\n{text}"
+    );
+    let growing = m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("parses");
+    for segment in &growing.segments {
+        let path = audio_playlist.with_file_name(&segment.uri);
+        assert!(
+            path.is_file(),
+            "listed audio segment {} exists",
+            segment.uri
+        );
+    }
+    let errors = decode_errors(pod.job_dir(&id).join("master.m3u8").to_str().unwrap());
+    assert!(
+        errors.trim().is_empty(),
+        "the master at playable time decodes cleanly:\n{errors}"
+    );
+    eprintln!(
+        "playable after {to_playable:?} with {} of the audio segments listed",
+        growing.segments.len()
+    );
+
+    let job = pod.wait_terminal(&id, JOB_LIMIT).await;
+    assert_eq!(job["status"], "done", "{job}");
+    let text = std::fs::read_to_string(&audio_playlist).unwrap();
+    assert!(
+        text.contains("#EXT-X-PLAYLIST-TYPE:VOD") && text.contains("#EXT-X-ENDLIST"),
+        "the finished audio playlist is VOD:\n{text}"
+    );
+    validate_hls(&pod.job_dir(&id), &source);
+}
