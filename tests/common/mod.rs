@@ -16,6 +16,12 @@
 //!   `tests/browser/` (pinned hls.js and playwright-core).
 //! - [`cluster`]: several pods sharing one Redis and one storage folder
 //!   ([`cluster::Cluster`]) and an `ffmpeg` wrapper that holds encodes.
+//! - [`mounts`]: a small tmpfs and a read-only bind mount for storage
+//!   faults ([`mounts::Mount`], unmounted on drop).
+//! - [`integrity`]: a thread that checks every file of a job folder is
+//!   whole while the folder is written ([`integrity::FolderWatch`]).
+//! - [`stats`]: latency percentiles for `FIGURE:` lines
+//!   ([`stats::Latencies`]).
 //!
 //! Each test binary compiles this module on its own and uses only part of it,
 //! hence the module-level `dead_code` and `unused_imports` allowances.
@@ -24,10 +30,13 @@
 pub mod browser;
 pub mod cluster;
 pub mod hls;
+pub mod integrity;
 pub mod media;
+pub mod mounts;
 pub mod pod;
 pub mod process;
 pub mod redis;
+pub mod stats;
 
 pub use self::redis::RedisServer;
 pub use cluster::{hold_wrapper, Cluster};

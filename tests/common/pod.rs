@@ -42,18 +42,10 @@ impl PodBuilder {
         self
     }
 
-    /// Starts the pod and waits until `/healthz` answers.
-    pub async fn start(self) -> Pod {
-        std::fs::create_dir_all(&self.storage).expect("create storage dir");
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log_dir = self
-            .storage
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(std::env::temp_dir);
-        let log = log_dir.join(format!("pod-{port}.log"));
-        let log_file = std::fs::File::create(&log).expect("create pod log");
+    /// The `segswarm serve` command with this builder's environment,
+    /// listening on `addr`, its stdout and stderr going to `log`.
+    fn command(&self, addr: SocketAddr, log: &Path) -> Command {
+        let log_file = std::fs::File::create(log).expect("create pod log");
         let mut cmd = Command::new(bin());
         cmd.arg("serve");
         for (key, _) in std::env::vars() {
@@ -77,6 +69,53 @@ impl PodBuilder {
         cmd.stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log"))
             .stderr(log_file);
+        cmd
+    }
+
+    /// Where the pod's log goes: next to its storage folder.
+    fn log_path(&self, port: u16) -> PathBuf {
+        let log_dir = self
+            .storage
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir);
+        log_dir.join(format!("pod-{port}.log"))
+    }
+
+    /// Runs a pod that is expected to refuse to start (without creating its
+    /// storage folder): waits up to `limit` for it to exit and returns its
+    /// exit status (None if it was still running; it is then killed) and
+    /// its output.
+    pub fn run_until_exit(self, limit: Duration) -> (Option<ExitStatus>, String) {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = self.log_path(port);
+        let mut child = self
+            .command(addr, &log)
+            .spawn()
+            .expect("spawn segswarm serve");
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status, std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    /// Starts the pod and waits until `/healthz` answers.
+    pub async fn start(self) -> Pod {
+        std::fs::create_dir_all(&self.storage).expect("create storage dir");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = self.log_path(port);
+        let mut cmd = self.command(addr, &log);
         let child = cmd.spawn().expect("spawn segswarm serve");
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(180))
