@@ -32,6 +32,8 @@ use common::{
 
 const JOB_LIMIT: Duration = Duration::from_secs(240);
 
+const TERMINAL: [&str; 4] = ["done", "partial", "failed", "canceled"];
+
 /// Starts a member whose ffmpeg goes through `wrapper`.
 async fn start_traced(cluster: &mut Cluster, name: &str, wrapper: &FfmpegWrapper) {
     let builder = cluster.builder(name).path_prefix(&wrapper.bin_dir);
@@ -125,11 +127,14 @@ impl Schedule {
 async fn chaos_pods_killed_and_replaced_every_few_seconds() {
     let dir = TestDir::new("chaos");
     let source = dir.join("source.mp4");
-    gen_clip(&source, &ClipSpec::new(60.0).size(640, 360));
+    // Noise and preset veryfast make a segment take a second or two, so the
+    // job lasts long enough for a few dozen kills.
+    gen_clip(&source, &ClipSpec::new(60.0).size(640, 360).noisy());
     let ttl = Duration::from_millis(2000);
     let wrapper = traced_wrapper(&dir.join("wrap"), &dir.join("encodes.log"), None);
     let mut cluster = Cluster::new(dir.path())
         .env("SEGSWARM_SLOTS", "1")
+        .env("SEGSWARM_PRESET", "veryfast")
         .env("SEGSWARM_CLAIM_TTL_MS", ttl.as_millis().to_string());
     let mut started = 0;
     for _ in 0..3 {
@@ -157,7 +162,7 @@ async fn chaos_pods_killed_and_replaced_every_few_seconds() {
         tokio::time::sleep(pause).await;
         let newest = format!("pod-{started}");
         let status = cluster.pod(&newest).job(&id).await["status"].clone();
-        if status != "queued" && status != "running" {
+        if TERMINAL.iter().any(|t| status == *t) {
             break;
         }
         assert!(
@@ -187,7 +192,12 @@ async fn chaos_pods_killed_and_replaced_every_few_seconds() {
     let report = validate_hls(&cluster.job_dir(&id), &source);
     assert_eq!(report.rendition_names(), ["240p", "360p"]);
 
-    let encodes = wrapper.encodes();
+    // Only encodes (not `ffmpeg -version` at start).
+    let encodes: Vec<Encode> = wrapper
+        .encodes()
+        .into_iter()
+        .filter(|e| !e.units.is_empty())
+        .collect();
     let by_unit = encodes_by_unit(&encodes);
     assert_eq!(
         by_unit.len(),
@@ -491,12 +501,15 @@ enum RedisFault {
 async fn redis_fault_mid_job(label: &str, fault: RedisFault) {
     let dir = TestDir::new(label);
     let source = dir.join("source.mp4");
-    gen_clip(&source, &ClipSpec::new(30.0).size(640, 360).noisy());
+    // One rendition at preset medium from a noisy source: 30 slow units, so
+    // that the job still runs when Redis comes back, and a quick validation.
+    gen_clip(&source, &ClipSpec::new(60.0).size(640, 360).noisy());
     let wrapper = traced_wrapper(&dir.join("wrap"), &dir.join("encodes.log"), None);
     let ttl = Duration::from_millis(3000);
     let mut cluster = Cluster::new(dir.path())
         .env("SEGSWARM_SLOTS", "1")
-        .env("SEGSWARM_PRESET", "veryfast")
+        .env("SEGSWARM_LADDER", "360p")
+        .env("SEGSWARM_PRESET", "medium")
         .env("SEGSWARM_CLAIM_TTL_MS", ttl.as_millis().to_string());
     for name in ["pod-a", "pod-b", "pod-c"] {
         start_traced(&mut cluster, name, &wrapper).await;
@@ -556,10 +569,10 @@ async fn redis_fault_mid_job(label: &str, fault: RedisFault) {
                 "when Redis comes back the job is {} at {}%",
                 job["status"], job["progress"]
             );
-            assert_eq!(
-                job["status"], "running",
+            assert!(
+                !TERMINAL.iter().any(|t| job["status"] == *t),
                 "the job must still run when Redis comes back, or this test checks \
-                 nothing about the return"
+                 nothing about the return: {job}"
             );
             cluster.redis.start_again();
             let back_at = Instant::now();
