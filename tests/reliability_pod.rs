@@ -11,11 +11,13 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
+use tokio::sync::Barrier;
 
 use common::integrity::FolderWatch;
 use common::mounts::Mount;
@@ -215,6 +217,56 @@ async fn full_storage_fails_units_cleanly_and_recovers_when_space_returns() {
     );
 }
 
+/// The folder watch used above catches what it must: a truncated segment,
+/// a segment that does not start on a keyframe, a playlist cut short and a
+/// playlist that lists a missing segment; a whole segment passes.
+#[test]
+fn folder_watch_catches_partial_files() {
+    let dir = TestDir::new("rel-folder-watch");
+    let clip = dir.join("clip.mp4");
+    gen_clip(&clip, &ClipSpec::new(2.0));
+    let job = dir.join("job");
+    let rendition = job.join("240p");
+    std::fs::create_dir_all(&rendition).unwrap();
+    let whole = rendition.join("seg_00000.ts");
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-i"])
+        .arg(&clip)
+        .args(["-map", "0:v", "-c", "copy", "-f", "mpegts"])
+        .arg(&whole)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&whole).unwrap();
+    // Cut at a 188-byte packet boundary halfway: demuxes cleanly, too short.
+    let half = bytes.len() / 2 / 188 * 188;
+    std::fs::write(rendition.join("seg_00001.ts"), &bytes[..half]).unwrap();
+    // The second half: no keyframe first.
+    std::fs::write(rendition.join("seg_00002.ts"), &bytes[half..]).unwrap();
+    std::fs::write(
+        rendition.join("index.m3u8"),
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nseg_00000.ts\n#EXTINF:2.0,\nseg_00007.ts\n",
+    )
+    .unwrap();
+    std::fs::write(job.join("master.m3u8"), "#EXTM3U\n#EXT-X-STREAM-INF:BANDW").unwrap();
+
+    let report = FolderWatch::start(&job, 60, Duration::from_millis(10)).finish();
+    let named = |name: &str| report.violations.iter().any(|v| v.contains(name));
+    assert!(
+        !named("seg_00000.ts:"),
+        "a whole segment passes: {report:?}"
+    );
+    for name in [
+        "seg_00001.ts",
+        "seg_00002.ts",
+        "master.m3u8",
+        "seg_00007.ts",
+    ] {
+        assert!(named(name), "{name} not reported: {report:?}");
+    }
+    assert_eq!(report.segments_checked, 3, "{report:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_killed_mid_unit_is_retried_and_the_job_finishes() {
     let dir = TestDir::new("rel-ffmpeg-killed");
@@ -368,9 +420,11 @@ async fn missing_ffmpeg_is_a_clear_error_at_start() {
         );
         assert!(!out.exists(), "transcode ({case}) wrote nothing");
         eprintln!(
-            "FIGURE: {case}: serve exits with {status} after {:.2} s: {}",
+            "FIGURE: {case}: serve exits with {status} after {:.2} s: {}; transcode exits with {}: {}",
             took.as_secs_f64(),
-            log.lines().last().unwrap_or_default()
+            log.lines().last().unwrap_or_default(),
+            output.status,
+            stderr.trim()
         );
     }
 }
@@ -597,32 +651,11 @@ async fn load_hls_gets_and_submissions_all_answered_correctly() {
         .pool_max_idle_per_host(300)
         .build()
         .unwrap();
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(250));
+    let barrier = Arc::new(Barrier::new(250));
     let mut tasks = Vec::new();
-    for (group, rel, expected) in plan {
+    for (group, rel, expected) in &plan {
         let url = pod.url(&format!("/hls/{id}/{rel}"));
-        let (client, barrier) = (client.clone(), barrier.clone());
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            let started = Instant::now();
-            let resp = client.get(&url).send().await;
-            let result = match resp {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    match resp.bytes().await {
-                        Ok(body) if status == 200 && body.as_ref() == expected.as_slice() => Ok(()),
-                        Ok(body) => Err(format!(
-                            "{status}, {} bytes (expected 200, {} bytes)",
-                            body.len(),
-                            expected.len()
-                        )),
-                        Err(e) => Err(format!("{status}, body cut: {e}")),
-                    }
-                }
-                Err(e) => Err(format!("{e:?}")),
-            };
-            (group, rel, result, started.elapsed(), None::<String>)
-        }));
+        tasks.push(spawn_get(&client, url, *group, rel, expected, &barrier));
     }
     for i in 0..50 {
         let url = pod.url("/v1/jobs");
@@ -655,30 +688,7 @@ async fn load_hls_gets_and_submissions_all_answered_correctly() {
         }));
     }
 
-    let mut latencies: Vec<(Group, Latencies)> = [
-        Group::Master,
-        Group::MediaPlaylist,
-        Group::Segment,
-        Group::Submit,
-    ]
-    .into_iter()
-    .map(|g| (g, Latencies::default()))
-    .collect();
-    let mut failures = Vec::new();
-    let mut submitted = Vec::new();
-    for task in tasks {
-        let (group, rel, result, took, id) = task.await.unwrap();
-        if let Err(e) = result {
-            failures.push(format!("{group:?} {rel}: {e}"));
-        }
-        submitted.extend(id);
-        latencies
-            .iter_mut()
-            .find(|(g, _)| *g == group)
-            .unwrap()
-            .1
-            .push(took);
-    }
+    let (latencies, failures, mut submitted) = collect(tasks).await;
     assert!(
         failures.is_empty(),
         "{} of 250 requests failed:\n{}",
@@ -717,9 +727,27 @@ async fn load_hls_gets_and_submissions_all_answered_correctly() {
         .sum();
     assert_eq!(errors_5xx, 0.0, "no 5xx answered:\n{metrics}");
 
+    // The same 200 GETs again on the connections of the first burst (the
+    // submitted jobs may still encode their audio and thumbnails).
+    let barrier = Arc::new(Barrier::new(200));
+    let tasks = plan
+        .iter()
+        .map(|(group, rel, expected)| {
+            let url = pod.url(&format!("/hls/{id}/{rel}"));
+            spawn_get(&client, url, *group, rel, expected, &barrier)
+        })
+        .collect();
+    let (warm, failures, _) = collect(tasks).await;
+    assert!(
+        failures.is_empty(),
+        "{} of 200 warm requests failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
     for (group, samples) in &latencies {
         eprintln!(
-            "FIGURE: load (200 HLS GETs + 50 POST /v1/jobs at once, 1 pod, 2 cores): {group:?} {}",
+            "FIGURE: load (200 HLS GETs + 50 POST /v1/jobs at once, new connections, 1 pod, 2 cores): {group:?} {}",
             samples.summary()
         );
     }
@@ -727,4 +755,80 @@ async fn load_hls_gets_and_submissions_all_answered_correctly() {
         "FIGURE: load: the 50 submitted on-demand jobs were all playable {:.1} s after the burst",
         drained_after.as_secs_f64()
     );
+    for (group, samples) in warm.iter().filter(|(_, s)| !s.is_empty()) {
+        assert!(
+            samples.max() < Duration::from_secs(30),
+            "{group:?}: {}",
+            samples.summary()
+        );
+        eprintln!(
+            "FIGURE: load (200 HLS GETs at once again, reused connections, the 50 jobs planned): {group:?} {}",
+            samples.summary()
+        );
+    }
+}
+
+/// What one load request gave: its group, the file, Ok or why not, how long
+/// it took, and the id of a job it created.
+type Outcome = (Group, String, Result<(), String>, Duration, Option<String>);
+
+/// A GET that waits at `barrier`, then checks for 200 and `expected`'s bytes.
+fn spawn_get(
+    client: &reqwest::Client,
+    url: String,
+    group: Group,
+    rel: &str,
+    expected: &[u8],
+    barrier: &Arc<Barrier>,
+) -> tokio::task::JoinHandle<Outcome> {
+    let (client, barrier) = (client.clone(), barrier.clone());
+    let (rel, expected) = (rel.to_string(), expected.to_vec());
+    tokio::spawn(async move {
+        barrier.wait().await;
+        let started = Instant::now();
+        let result = match client.get(&url).send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                match resp.bytes().await {
+                    Ok(body) if status == 200 && body.as_ref() == expected.as_slice() => Ok(()),
+                    Ok(body) => Err(format!(
+                        "{status}, {} bytes (expected 200, {} bytes)",
+                        body.len(),
+                        expected.len()
+                    )),
+                    Err(e) => Err(format!("{status}, body cut: {e}")),
+                }
+            }
+            Err(e) => Err(format!("{e:?}")),
+        };
+        (group, rel, result, started.elapsed(), None)
+    })
+}
+
+/// Awaits load requests: latencies by group, failures, created job ids.
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<Outcome>>,
+) -> (Vec<(Group, Latencies)>, Vec<String>, Vec<String>) {
+    let mut latencies: Vec<(Group, Latencies)> = [
+        Group::Master,
+        Group::MediaPlaylist,
+        Group::Segment,
+        Group::Submit,
+    ]
+    .into_iter()
+    .map(|g| (g, Latencies::default()))
+    .collect();
+    let mut failures = Vec::new();
+    let mut submitted = Vec::new();
+    for task in tasks {
+        let (group, rel, result, took, id) = task.await.expect("load request task");
+        if let Err(e) = result {
+            failures.push(format!("{group:?} {rel}: {e}"));
+        }
+        submitted.extend(id);
+        if let Some((_, samples)) = latencies.iter_mut().find(|(g, _)| *g == group) {
+            samples.push(took);
+        }
+    }
+    (latencies, failures, submitted)
 }
