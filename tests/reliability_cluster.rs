@@ -501,9 +501,9 @@ enum RedisFault {
 async fn redis_fault_mid_job(label: &str, fault: RedisFault) {
     let dir = TestDir::new(label);
     let source = dir.join("source.mp4");
-    // One rendition at preset medium from a noisy source: 30 slow units, so
+    // One rendition at preset medium from a noisy source: 24 slow units, so
     // that the job still runs when Redis comes back, and a quick validation.
-    gen_clip(&source, &ClipSpec::new(60.0).size(640, 360).noisy());
+    gen_clip(&source, &ClipSpec::new(48.0).size(640, 360).noisy());
     let wrapper = traced_wrapper(&dir.join("wrap"), &dir.join("encodes.log"), None);
     let ttl = Duration::from_millis(3000);
     let mut cluster = Cluster::new(dir.path())
@@ -640,10 +640,14 @@ async fn redis_fault_mid_job(label: &str, fault: RedisFault) {
     let (twice, extra) = duplicates(&by_unit);
     eprintln!(
         "FIGURE: Redis {fault:?}: job of {units} units ({} finished before the fault, none \
-         encoded again) done {:.1} s after Redis was back; {twice} units encoded more than \
-         once, {extra} extra ffmpeg runs",
+         encoded again) done {:.1} s after {}; {twice} units encoded more than once, \
+         {extra} extra ffmpeg runs",
         finished_before.len(),
-        done_after.as_secs_f64()
+        done_after.as_secs_f64(),
+        match fault {
+            RedisFault::Flushall => "the FLUSHALL",
+            _ => "Redis was back",
+        }
     );
     validate_hls(&job_dir, &source);
 }
