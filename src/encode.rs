@@ -71,6 +71,16 @@ impl Batch {
         }
     }
 
+    /// CPU priority of this batch's ffmpeg: the thumbnail is never what a
+    /// player waits for, so it only takes CPU that the segments and audio
+    /// leave (on a 2-core pod it used to slow a new job's first segment).
+    pub fn niceness(&self) -> i32 {
+        match self {
+            Batch::Thumbnail { .. } => 10,
+            Batch::Video { .. } | Batch::Audio { .. } => 0,
+        }
+    }
+
     /// The ffmpeg arguments for this batch (without `-progress`).
     pub fn ffmpeg_args(&self, plan: &Plan) -> Vec<OsString> {
         let mut args = Args::default();
@@ -88,7 +98,7 @@ impl Batch {
     /// Runs ffmpeg for this batch, then verifies every output.
     pub async fn run(&self, plan: &Plan, control: RunControl) -> Result<(), EncodeError> {
         let what = self.describe();
-        run_ffmpeg(self.ffmpeg_args(plan), control)
+        run_ffmpeg(self.ffmpeg_args(plan), self.niceness(), control)
             .await
             .map_err(|error| EncodeError::Run {
                 what: what.clone(),

@@ -66,11 +66,19 @@ pub struct RunControl {
     pub progress: Option<watch::Sender<Instant>>,
 }
 
-/// Runs `ffmpeg` with `args` (which must not include `-progress`), watching
-/// its progress. Returns its stdout-less success or a [`RunError`].
-pub async fn run_ffmpeg(args: Vec<OsString>, control: RunControl) -> Result<(), RunError> {
+/// Runs `ffmpeg` with `args` (which must not include `-progress`) at
+/// `niceness` (0: the pod's own priority; higher: yields the CPU to others),
+/// watching its progress. Returns its stdout-less success or a [`RunError`].
+pub async fn run_ffmpeg(
+    args: Vec<OsString>,
+    niceness: i32,
+    control: RunControl,
+) -> Result<(), RunError> {
     const PROGRAM: &str = "ffmpeg";
     let mut command = child_command(PROGRAM);
+    if niceness != 0 {
+        lower_priority(&mut command, niceness);
+    }
     command.args(["-progress", "pipe:1", "-nostats"]).args(args);
     let mut child = command
         .spawn()
@@ -213,6 +221,21 @@ fn die_with_parent(command: &mut Command) {
     unsafe {
         command.pre_exec(|| {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Makes the child run at `niceness` (it and the threads it starts).
+fn lower_priority(command: &mut Command, niceness: i32) {
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls setpriority(2), which is async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, niceness) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         });
     }
 }

@@ -493,7 +493,8 @@ async fn metrics_appear_and_move() {
 }
 
 /// The audio track is published while it is encoded: a job plays after the
-/// track's first segment, not after the whole track. The audio encode is
+/// track's first segment, not after the whole track; the thumbnail's ffmpeg
+/// runs at a lower CPU priority than the encodes a player waits for. The audio encode is
 /// slowed to real time (`-re`) by an `ffmpeg` wrapper, so the whole 12 s
 /// track takes 12 s; the job must play well before that, with an EVENT
 /// audio playlist that later becomes VOD.
@@ -505,11 +506,14 @@ async fn audio_plays_while_its_track_is_still_encoding() {
     let bin_dir = dir.join("wrapper-bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
     let wrapper = bin_dir.join("ffmpeg");
+    // Also logs each run's niceness (field 19 of /proc/<pid>/stat).
+    let log = dir.join("ffmpeg-invocations.log");
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\ncase \"$*\" in *'-f hls'*) exec '{real}' -re \"$@\";; esac\nexec '{real}' \"$@\"\n",
-            real = common::pod::which("ffmpeg").display()
+            "#!/bin/sh\necho \"$(cut -d' ' -f19 /proc/$$/stat) $*\" >> '{log}'\ncase \"$*\" in *'-f hls'*) exec '{real}' -re \"$@\";; esac\nexec '{real}' \"$@\"\n",
+            real = common::pod::which("ffmpeg").display(),
+            log = log.display()
         ),
     )
     .unwrap();
@@ -567,4 +571,22 @@ async fn audio_plays_while_its_track_is_still_encoding() {
         "the finished audio playlist is VOD:\n{text}"
     );
     validate_hls(&pod.job_dir(&id), &source);
+
+    let runs = std::fs::read_to_string(&log).unwrap();
+    let niceness = |needle: &str| -> Vec<String> {
+        runs.lines()
+            .filter(|line| line.contains(needle))
+            .filter_map(|line| line.split(' ').next().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(
+        niceness("-f webp"),
+        ["10"],
+        "thumbnail runs at nice 10:\n{runs}"
+    );
+    let segments = niceness("-f mpegts");
+    assert!(
+        !segments.is_empty() && segments.iter().all(|n| n == "0"),
+        "segments run at the pod's priority:\n{runs}"
+    );
 }
