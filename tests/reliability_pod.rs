@@ -211,6 +211,10 @@ async fn full_storage_fails_units_cleanly_and_recovers_when_space_returns() {
         ready_again.as_secs_f64()
     );
     eprintln!(
+        "FIGURE: storage full: job error {:?}; /readyz {body}",
+        error.chars().take(240).collect::<String>()
+    );
+    eprintln!(
         "FIGURE: storage full: {} listings of the job folder, {} file versions checked \
          ({} segments), 0 partial files under a final name",
         report.snapshots, report.files_checked, report.segments_checked
@@ -300,7 +304,8 @@ async fn ffmpeg_killed_mid_unit_is_retried_and_the_job_finishes() {
             encoder.is_some()
         })
         .await,
-        "the encode of {target} never started"
+        "the encode of {target} never started; pod log:\n{}",
+        pod.log_text()
     );
     let (pid, _) = encoder.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -537,7 +542,11 @@ async fn sigterm_answers_every_waiting_on_demand_request() {
         (0..4).all(|i| !wrapper.matching(&format!("-360p-seg_{i:05}.ts")).is_empty())
     })
     .await;
-    assert!(all_held, "the requested encodes did not all start");
+    assert!(
+        all_held,
+        "the requested encodes did not all start; pod log:\n{}",
+        pod.log_text()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         waiting.iter().all(|w| !w.is_finished()),
