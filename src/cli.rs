@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use segswarm::config::{validate_preset, validate_segment_duration, EncodeSettings, Ladder};
 use segswarm::coord::{Coordinator, LocalCoordinator};
+use segswarm::egress::EgressPolicy;
 use segswarm::metrics::Metrics;
 use segswarm::source::Source;
 use segswarm::storage::JobLayout;
@@ -77,6 +78,12 @@ pub struct ServeArgs {
     /// paths are refused; URLs are always allowed).
     #[arg(long, env = "SEGSWARM_SOURCE_ROOTS", value_delimiter = ':')]
     pub source_roots: Vec<PathBuf>,
+    /// Accept source and callback URLs whose host is or resolves to a
+    /// loopback, private, link-local or other non-public address (refused by
+    /// default: see docs/configuration.md).
+    #[arg(long, env = "SEGSWARM_ALLOW_PRIVATE_URLS", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub allow_private_urls: bool,
     /// Folder whose new video files become jobs.
     #[arg(long, env = "SEGSWARM_WATCH_DIR")]
     pub watch_dir: Option<PathBuf>,
@@ -184,6 +191,11 @@ pub struct TranscodeArgs {
     /// Do not draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Accept a source URL whose host is or resolves to a loopback, private
+    /// or link-local address (refused by default, as on a pod).
+    #[arg(long, env = "SEGSWARM_ALLOW_PRIVATE_URLS", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub allow_private_urls: bool,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -252,6 +264,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .into_iter()
             .filter(|p| !p.as_os_str().is_empty())
             .collect(),
+        allow_private_urls: args.allow_private_urls,
         watch_dir: args.watch_dir,
         watch_poll: args.watch_poll,
         watch_settle: Duration::from_millis(args.watch_settle_ms),
@@ -275,6 +288,9 @@ async fn transcode(args: TranscodeArgs) -> anyhow::Result<ExitCode> {
         ..EncodeSettings::default()
     };
     let source = Source::parse(&args.input, None)?;
+    source
+        .check_egress(EgressPolicy::from_allow_private(args.allow_private_urls))
+        .await?;
     segswarm::ffmpeg::check_installed().await?;
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("creating output folder {}", args.out_dir.display()))?;

@@ -252,6 +252,10 @@ pub struct PodConfig {
     pub webhook_secret: Option<String>,
     /// Local sources must lie under one of these (none = local paths refused).
     pub source_roots: Vec<std::path::PathBuf>,
+    /// Source and callback URLs may point at loopback, private and
+    /// link-local addresses (otherwise they are refused; see
+    /// [`crate::egress`]).
+    pub allow_private_urls: bool,
     pub watch_dir: Option<std::path::PathBuf>,
     /// Poll the watch folder instead of using inotify (needed on NFS).
     pub watch_poll: bool,

@@ -9,6 +9,7 @@
 //! ffmpeg itself and never formats HTTP responses.
 
 use crate::config::{validate_segment_duration, ConfigError, EncodeSettings, Ladder};
+use crate::egress::{EgressError, EgressPolicy};
 use crate::hls::Listing;
 use crate::plan::{Plan, Unit};
 use crate::registry::{Incoming, Registry};
@@ -195,8 +196,8 @@ pub enum JobError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("callback_url must be an http or https URL")]
-    BadCallback,
+    #[error("callback_url {url:?}: {error}")]
+    BadCallback { url: String, error: EgressError },
     #[error("job {id} is already {status}; add ?purge=true to remove its files")]
     AlreadyEnded { id: JobId, status: &'static str },
     #[error("the pod is shutting down")]
@@ -276,6 +277,68 @@ pub struct JobSettings {
     pub source_roots: Vec<PathBuf>,
     pub prefetch_segments: usize,
     pub segment_wait: Duration,
+    /// Which addresses source and callback URLs may point at.
+    pub egress: EgressPolicy,
+}
+
+impl SubmitRequest {
+    /// Checks the request against the pod's settings and makes it a job
+    /// spec: everything but the address checks of its URLs, which need DNS
+    /// ([`JobSpec::check_egress`]). It reads nothing but the metadata of a
+    /// local source.
+    pub fn validate(self, settings: &JobSettings) -> Result<JobSpec, JobError> {
+        let source = Source::parse(&self.source, Some(&settings.source_roots))?;
+        let defaults = &settings.defaults;
+        let ladder = match self.ladder {
+            None => defaults.ladder.clone(),
+            Some(LadderInput::List(names)) => Ladder::from_names(&names)?,
+            Some(LadderInput::Text(text)) => text.parse()?,
+        };
+        let segment_duration = match self.segment_duration {
+            None => defaults.segment_duration,
+            Some(seconds) => validate_segment_duration(seconds)?,
+        };
+        // Kept in the normalised form that `check_egress` and the webhook
+        // sender look at.
+        let callback_url = match self.callback_url {
+            None => None,
+            Some(url) => Some(
+                crate::egress::parse_http_url(&url)
+                    .map_err(|error| JobError::BadCallback { url, error })?
+                    .to_string(),
+            ),
+        };
+        Ok(JobSpec {
+            source,
+            settings: EncodeSettings {
+                ladder,
+                segment_duration,
+                ..defaults.clone()
+            },
+            priority: self.priority.unwrap_or(0),
+            mode: self.mode.unwrap_or_default(),
+            callback_url,
+        })
+    }
+}
+
+impl JobSpec {
+    /// Checks that the source URL and the callback URL point at addresses
+    /// `policy` allows (resolving their hosts).
+    pub async fn check_egress(&self, policy: EgressPolicy) -> Result<(), JobError> {
+        self.source.check_egress(policy).await?;
+        if let Some(url) = &self.callback_url {
+            let bad = |error| JobError::BadCallback {
+                url: url.clone(),
+                error,
+            };
+            let parsed = crate::egress::parse_http_url(url).map_err(bad)?;
+            crate::egress::check_url(&parsed, policy)
+                .await
+                .map_err(bad)?;
+        }
+        Ok(())
+    }
 }
 
 /// The jobs this pod knows.
@@ -301,6 +364,8 @@ impl JobManager {
         registry: Option<Arc<Registry>>,
         stop: CancellationToken,
     ) -> Arc<JobManager> {
+        // Webhooks follow the same address rule as source URLs.
+        let webhooks = webhooks.with_egress(settings.egress);
         let manager = Arc::new(JobManager {
             storage,
             worker,
@@ -354,34 +419,8 @@ impl JobManager {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(JobError::ShuttingDown);
         }
-        let source = Source::parse(&request.source, Some(&self.settings.source_roots))?;
-        let defaults = &self.settings.defaults;
-        let ladder = match request.ladder {
-            None => defaults.ladder.clone(),
-            Some(LadderInput::List(names)) => Ladder::from_names(&names)?,
-            Some(LadderInput::Text(text)) => text.parse()?,
-        };
-        let segment_duration = match request.segment_duration {
-            None => defaults.segment_duration,
-            Some(seconds) => validate_segment_duration(seconds)?,
-        };
-        if let Some(url) = &request.callback_url {
-            let lower = url.to_ascii_lowercase();
-            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-                return Err(JobError::BadCallback);
-            }
-        }
-        let spec = JobSpec {
-            source,
-            settings: EncodeSettings {
-                ladder,
-                segment_duration,
-                ..defaults.clone()
-            },
-            priority: request.priority.unwrap_or(0),
-            mode: request.mode.unwrap_or_default(),
-            callback_url: request.callback_url,
-        };
+        let spec = request.validate(&self.settings)?;
+        spec.check_egress(self.settings.egress).await?;
         let now = now_ms();
         let record = JobRecord {
             id: JobId::new_v4(),

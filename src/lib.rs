@@ -10,8 +10,11 @@ pub mod api;
 pub mod bench;
 pub mod config;
 pub mod coord;
+pub mod egress;
 pub mod encode;
 pub mod ffmpeg;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hls;
 pub mod jobs;
 pub mod metrics;

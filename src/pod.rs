@@ -125,6 +125,7 @@ pub async fn run(config: PodConfig) -> Result<(), PodError> {
             source_roots,
             prefetch_segments: config.prefetch_segments,
             segment_wait: config.segment_wait,
+            egress: crate::egress::EgressPolicy::from_allow_private(config.allow_private_urls),
         },
         Webhooks::new(
             config.webhook_secret.clone(),

@@ -17,6 +17,14 @@ use std::time::Duration;
 pub const MAX_DIMENSION: u32 = 8192;
 /// How long one ffprobe call may take before the source is declared unreadable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most video frames a source may have (9 h 15 min at 60 fps, 18.5 h at
+/// 30 fps). The packet list is read into memory (about 70 bytes a frame of
+/// ffprobe output), so ffprobe is told to stop one frame after this.
+pub const MAX_FRAMES: usize = 2_000_000;
+/// Longest video span accepted, in seconds (24 h). Frame timestamps, not
+/// the container header, give the span; a timestamp that jumps hours ahead
+/// would otherwise plan thousands of segments of nothing.
+pub const MAX_SPAN_SECONDS: f64 = 24.0 * 3600.0;
 
 /// Why a source could not be probed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +42,17 @@ pub enum ProbeError {
         source_name: String,
         width: u32,
         height: u32,
+    },
+    #[error("source {source_name}: format {format} is not accepted (accepted: {formats}; playlists such as HLS .m3u8 and concat lists are refused because they open other files)", formats = crate::source::MEDIA_FORMATS)]
+    UnsupportedFormat { source_name: String, format: String },
+    #[error("source {source_name}: too long: {detail} (at most {MAX_FRAMES} frames and {max_hours} h)", max_hours = MAX_SPAN_SECONDS / 3600.0)]
+    TooLong { source_name: String, detail: String },
+    #[error("source {source_name}: video size {width}x{height} with pixel aspect {}:{} is not supported (displayed at most {MAX_DIMENSION} per side)", sample_aspect.0, sample_aspect.1)]
+    BadDisplaySize {
+        source_name: String,
+        width: u32,
+        height: u32,
+        sample_aspect: (u32, u32),
     },
     #[error("source {source_name}: could not parse ffprobe output: {reason}")]
     Parse { source_name: String, reason: String },
@@ -113,9 +132,16 @@ pub struct SourceInfo {
 pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
     let source_name = source.to_string();
     let run_error = |error: RunError| match error {
+        // ffprobe's last line is then only "<input>: Invalid argument".
+        RunError::Failed { stderr, .. } if stderr.contains("not on whitelist") => {
+            ProbeError::UnsupportedFormat {
+                source_name: source_name.clone(),
+                format: refused_format(&stderr),
+            }
+        }
         RunError::Failed { stderr, .. } => ProbeError::Unreadable {
             source_name: source_name.clone(),
-            reason: first_line(&stderr),
+            reason: failure_reason(&stderr),
         },
         error => ProbeError::Run {
             source_name: source_name.clone(),
@@ -128,14 +154,17 @@ pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
     )
     .await
     .map_err(run_error)?;
-    let mut info = parse_streams(&source_name, &streams_json)?;
+    let info = parse_streams(&source_name, &streams_json)?;
     let index = info.video.stream_index.to_string();
+    let packet_limit = format!("%+#{}", MAX_FRAMES + 1);
     let (packets, warnings) = run_ffprobe_with_stderr(
         probe_args(
             source,
             &[
                 "-select_streams",
                 &index,
+                "-read_intervals",
+                &packet_limit,
                 "-show_entries",
                 "packet=pts_time,dts_time,duration_time,flags",
                 "-of",
@@ -146,10 +175,7 @@ pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
     )
     .await
     .map_err(run_error)?;
-    let (frame_times, last_frame_duration) = parse_packets(&packets);
-    if frame_times.is_empty() {
-        return Err(ProbeError::NoFrames(source_name));
-    }
+    let info = with_frames(&source_name, info, &packets)?;
     // A cut-off upload still probes, but ffprobe says so on stderr (and
     // exits 0): refuse it here rather than fail its last segment later.
     if let Some(line) = warnings
@@ -161,28 +187,112 @@ pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
             detail: line.trim().to_string(),
         });
     }
+    Ok(info)
+}
+
+/// The two ffprobe outputs (streams JSON, compact packet list) made into a
+/// [`SourceInfo`], with every sanity limit applied: what [`probe`] does
+/// without running ffprobe (the fuzz targets call it too).
+pub(crate) fn parse_probe_output(
+    source_name: &str,
+    streams_json: &[u8],
+    packets: &[u8],
+) -> Result<SourceInfo, ProbeError> {
+    let info = parse_streams(source_name, streams_json)?;
+    with_frames(source_name, info, packets)
+}
+
+/// Adds the frame timestamps of the packet list to `info`.
+fn with_frames(
+    source_name: &str,
+    mut info: SourceInfo,
+    packets: &[u8],
+) -> Result<SourceInfo, ProbeError> {
+    let (frame_times, last_frame_duration) = parse_packets(packets);
+    if frame_times.is_empty() {
+        return Err(ProbeError::NoFrames(source_name.to_string()));
+    }
+    check_length(source_name, &frame_times, last_frame_duration)?;
     info.video.frame_times = frame_times;
     info.video.last_frame_duration = last_frame_duration;
     Ok(info)
 }
 
+/// Refuses a source with more than [`MAX_FRAMES`] frames or a span over
+/// [`MAX_SPAN_SECONDS`].
+fn check_length(
+    source_name: &str,
+    frame_times: &[f64],
+    last_frame_duration: f64,
+) -> Result<(), ProbeError> {
+    let too_long = |detail: String| ProbeError::TooLong {
+        source_name: source_name.to_string(),
+        detail,
+    };
+    if frame_times.len() > MAX_FRAMES {
+        return Err(too_long(format!("more than {MAX_FRAMES} frames")));
+    }
+    if let (Some(first), Some(last)) = (frame_times.first(), frame_times.last()) {
+        let span = last + last_frame_duration - first;
+        if !span.is_finite() || span > MAX_SPAN_SECONDS {
+            return Err(too_long(format!(
+                "its frame timestamps span {span:.0} s ({first:.3} s to {last:.3} s)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// ffprobe arguments for `source`: quiet, and only the protocols and
+/// demuxers the source may use (a playlist or concat list would otherwise
+/// open the files and hosts it names during the probe already).
 fn probe_args(source: &Source, extra: &[&str]) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "-v".into(),
         "error".into(),
         "-protocol_whitelist".into(),
         source.protocol_whitelist().into(),
+        "-format_whitelist".into(),
+        source.format_whitelist().into(),
     ];
     args.extend(extra.iter().map(OsString::from));
     args.push(source.ffmpeg_input().into());
     args
 }
 
-fn first_line(text: &str) -> String {
-    let line = text.lines().rev().find(|line| !line.trim().is_empty());
-    line.unwrap_or("ffprobe failed without a message")
-        .trim()
-        .to_string()
+/// The demuxer named in ffprobe's `[hls @ 0x...] Format not on whitelist`.
+fn refused_format(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find(|line| line.contains("not on whitelist"))
+        .and_then(|line| line.strip_prefix('['))
+        .and_then(|rest| rest.split_once(" @"))
+        .map(|(name, _)| name.to_string())
+        .filter(|name| !name.is_empty() && name.len() < 64)
+        .unwrap_or_else(|| "(unknown)".to_string())
+}
+
+/// ffprobe's explanation of a failure: its last line (`<input>: <error>`),
+/// after the demuxer's message before it when there is one
+/// (`[mov,mp4,... @ 0x...] moov atom not found`), which says more.
+fn failure_reason(stderr: &str) -> String {
+    let mut lines = stderr
+        .lines()
+        .rev()
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
+    let Some(last) = lines.next() else {
+        return "ffprobe failed without a message".to_string();
+    };
+    let detail = lines
+        .next()
+        .filter(|line| line.starts_with('['))
+        .and_then(|line| line.split_once("] "))
+        .map(|(_, message)| message.trim());
+    match detail {
+        Some(detail) if !detail.is_empty() => format!("{detail}; {last}"),
+        _ => last.to_string(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -259,6 +369,17 @@ fn parse_streams(source_name: &str, json: &[u8]) -> Result<SourceInfo, ProbeErro
         frame_times: Vec::new(),
         last_frame_duration: 0.0,
     };
+    // Renditions keep the display aspect ratio, so a lying pixel aspect
+    // (65535:1) would ask the scaler for a frame millions of pixels wide.
+    let (display_width, display_height) = video.display_size();
+    if display_width > f64::from(MAX_DIMENSION) || display_height > f64::from(MAX_DIMENSION) {
+        return Err(ProbeError::BadDisplaySize {
+            source_name: source_name.to_string(),
+            width,
+            height,
+            sample_aspect: video.sample_aspect,
+        });
+    }
     let audio = parsed
         .streams
         .iter()
@@ -285,7 +406,13 @@ fn parse_streams(source_name: &str, json: &[u8]) -> Result<SourceInfo, ProbeErro
                 .cloned(),
         })
         .collect();
-    let number = |text: &Option<String>| text.as_deref().and_then(|t| t.parse::<f64>().ok());
+    // "nan" and "inf" parse as f64; a header value like that would end up
+    // in ffmpeg's arguments and in job.json (where JSON has no NaN).
+    let number = |text: &Option<String>| {
+        text.as_deref()
+            .and_then(|t| t.parse::<f64>().ok())
+            .filter(|n| n.is_finite())
+    };
     Ok(SourceInfo {
         format: format.format_name.unwrap_or_default(),
         duration: number(&format.duration).unwrap_or(0.0),
@@ -407,6 +534,39 @@ pts_time=0.066667|dts_time=0.033333|duration_time=0.033333|flags=_D\n";
         assert_eq!(info.video.display_size(), (720.0, 1280.0));
         assert_eq!(info.audio[0].language.as_deref(), Some("fra"));
         assert_eq!(info.start_time, 0.5);
+    }
+
+    #[test]
+    fn failure_reason_keeps_the_demuxer_message() {
+        assert_eq!(
+            failure_reason("[IMGUTILS @ 0x7ffe] Picture size 16384x16384 is invalid\nfile:huge.y4m: Device or resource busy\n"),
+            "Picture size 16384x16384 is invalid; file:huge.y4m: Device or resource busy"
+        );
+        assert_eq!(
+            failure_reason("file:t.txt: Invalid data found when processing input"),
+            "file:t.txt: Invalid data found when processing input"
+        );
+        assert_eq!(failure_reason(""), "ffprobe failed without a message");
+    }
+
+    #[test]
+    fn names_the_refused_format() {
+        let stderr =
+            "[hls @ 0x55c3e48d7540] Format not on whitelist 'mov,mp4'\np.m3u8: Invalid argument";
+        assert_eq!(refused_format(stderr), "hls");
+        assert_eq!(refused_format("Format not on whitelist"), "(unknown)");
+    }
+
+    #[test]
+    fn refuses_lying_timestamps() {
+        let mut times: Vec<f64> = (0..50).map(|i| f64::from(i) / 25.0).collect();
+        assert!(check_length("x", &times, 0.04).is_ok());
+        times.push(360_000.0);
+        assert!(matches!(
+            check_length("x", &times, 0.04),
+            Err(ProbeError::TooLong { .. })
+        ));
+        assert!(check_length("x", &times[..50], f64::INFINITY).is_err());
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! What a job reads from: a local file or an http(s) URL.
 //!
 //! Owns the checks that happen before ffmpeg ever sees a source (scheme,
-//! existence, allowed roots) and the protocol whitelist ffmpeg gets for it, so
-//! that a hostile source cannot make ffmpeg read local files or other
+//! existence, allowed roots, the address a URL points at) and the protocol
+//! and format whitelists ffprobe and ffmpeg get for it, so that a hostile
+//! source cannot make them read local files, other hosts or other
 //! protocols. It never opens or writes the source itself.
 
+use crate::egress::{self, EgressError, EgressPolicy};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,7 +31,18 @@ pub enum SourceError {
     OutsideRoots(PathBuf),
     #[error("source is empty")]
     Empty,
+    #[error("source {url}: {error}")]
+    Url { url: String, error: EgressError },
 }
+
+/// The demuxers ffprobe and ffmpeg may use on a source: real media
+/// containers and raw video streams, each reading only the one file or URL.
+/// Left out on purpose: playlists and lists that open other files or hosts
+/// (`hls`, `dash`, `concat`, `sdp`, ...) and image sequences (`image2`).
+/// Demuxer names as `ffmpeg -demuxers` prints them; `mov` also covers mp4,
+/// m4v and 3gp, `matroska` also webm.
+pub const MEDIA_FORMATS: &str = "mov,mp4,matroska,webm,mpegts,avi,flv,mpeg,mxf,asf,ogg,nut,ivf,dv,\
+h264,hevc,m4v,mpegvideo,obu,yuv4mpegpipe,gif";
 
 /// A validated source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +67,13 @@ impl Source {
         if let Some((scheme, _)) = text.split_once("://") {
             let scheme = scheme.to_ascii_lowercase();
             return if scheme == "http" || scheme == "https" {
-                Ok(Source::Url(text.to_string()))
+                // Keep the normalised form: it is what the host check in
+                // `check_egress` looked at, so ffmpeg connects to that host.
+                let url = egress::parse_http_url(text).map_err(|error| SourceError::Url {
+                    url: text.to_string(),
+                    error,
+                })?;
+                Ok(Source::Url(url.to_string()))
             } else {
                 Err(SourceError::UnsupportedScheme(text.to_string()))
             };
@@ -108,6 +127,24 @@ impl Source {
         Ok(Source::File(canonical))
     }
 
+    /// Checks where a URL source points under `policy` (resolving its
+    /// host); local files pass. Call it after [`Source::parse`] wherever a
+    /// source comes from someone else.
+    pub async fn check_egress(&self, policy: EgressPolicy) -> Result<(), SourceError> {
+        match self {
+            Source::File(_) => Ok(()),
+            Source::Url(text) => {
+                let url_error = |error| SourceError::Url {
+                    url: text.clone(),
+                    error,
+                };
+                let url = egress::parse_http_url(text).map_err(url_error)?;
+                egress::check_url(&url, policy).await.map_err(url_error)?;
+                Ok(())
+            }
+        }
+    }
+
     /// What to pass to ffmpeg's `-i`.
     pub fn ffmpeg_input(&self) -> String {
         match self {
@@ -124,6 +161,12 @@ impl Source {
             Source::File(_) => "file",
             Source::Url(_) => "http,https,tcp,tls",
         }
+    }
+
+    /// The demuxers ffprobe and ffmpeg may use while reading this source
+    /// (`-format_whitelist`): [`MEDIA_FORMATS`].
+    pub fn format_whitelist(&self) -> &'static str {
+        MEDIA_FORMATS
     }
 }
 

@@ -2,8 +2,13 @@
 //! `partial` and `failed`, signed with HMAC-SHA256 when a secret is set.
 //!
 //! Delivery runs in the background with retries and backoff; a failed
-//! delivery is logged and counted, and never affects the job.
+//! delivery is logged and counted, and never affects the job. The receiver's
+//! address is checked under the pod's [`EgressPolicy`] when the delivery
+//! starts, and every attempt goes to the addresses checked (no second DNS
+//! lookup, no redirects), so a webhook cannot be turned against the pod's
+//! own network.
 
+use crate::egress::{self, EgressError, EgressPolicy};
 use crate::jobs::JobView;
 use hmac::{Hmac, Mac};
 use prometheus::IntCounterVec;
@@ -24,20 +29,38 @@ pub struct Webhooks {
     secret: Option<String>,
     first_backoff: Duration,
     deliveries: IntCounterVec,
+    egress: EgressPolicy,
 }
 
 impl Webhooks {
     pub fn new(secret: Option<String>, deliveries: IntCounterVec) -> Webhooks {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
         Webhooks {
-            client,
+            client: client_builder().build().unwrap_or_default(),
             secret,
             first_backoff: Duration::from_secs(1),
             deliveries,
+            egress: EgressPolicy::default(),
+        }
+    }
+
+    /// The same sender, checking receivers under `policy`.
+    pub fn with_egress(mut self, policy: EgressPolicy) -> Webhooks {
+        self.egress = policy;
+        self
+    }
+
+    /// A client that sends to `url` only at addresses allowed by the
+    /// policy: the host is resolved and checked once, and the client is
+    /// pinned to those addresses.
+    async fn client_for(&self, url: &str) -> Result<reqwest::Client, EgressError> {
+        let parsed = egress::parse_http_url(url)?;
+        let addrs = egress::check_url(&parsed, self.egress).await?;
+        match parsed.domain() {
+            Some(domain) if !addrs.is_empty() => client_builder()
+                .resolve_to_addrs(domain, &addrs)
+                .build()
+                .map_err(|e| EgressError::Invalid(e.to_string())),
+            _ => Ok(self.client.clone()),
         }
     }
 
@@ -55,26 +78,42 @@ impl Webhooks {
         tokio::spawn(async move {
             let mut backoff = hooks.first_backoff;
             for attempt in 1..=ATTEMPTS {
-                let mut request = hooks
-                    .client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header(EVENT_HEADER, event)
-                    .body(body.clone());
-                if let Some(signature) = &signature {
-                    request = request.header(SIGNATURE_HEADER, signature);
-                }
-                match request.send().await {
-                    Ok(response) if response.status().is_success() => {
-                        hooks.deliveries.with_label_values(&["delivered"]).inc();
-                        return;
+                // Checked again at every attempt, each pinned to what it
+                // checked; a refused address is final, a failed lookup is
+                // retried like a failed request.
+                let client = match hooks.client_for(&url).await {
+                    Ok(client) => Some(client),
+                    Err(err @ EgressError::NotPublic { .. })
+                    | Err(err @ EgressError::Invalid(_)) => {
+                        tracing::warn!("webhook {event} to {url} refused: {err}");
+                        break;
                     }
-                    Ok(response) => tracing::warn!(
-                        attempt,
-                        "webhook {event} to {url}: HTTP {}",
-                        response.status()
-                    ),
-                    Err(err) => tracing::warn!(attempt, "webhook {event} to {url}: {err}"),
+                    Err(err) => {
+                        tracing::warn!(attempt, "webhook {event} to {url}: {err}");
+                        None
+                    }
+                };
+                if let Some(client) = client {
+                    let mut request = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header(EVENT_HEADER, event)
+                        .body(body.clone());
+                    if let Some(signature) = &signature {
+                        request = request.header(SIGNATURE_HEADER, signature);
+                    }
+                    match request.send().await {
+                        Ok(response) if response.status().is_success() => {
+                            hooks.deliveries.with_label_values(&["delivered"]).inc();
+                            return;
+                        }
+                        Ok(response) => tracing::warn!(
+                            attempt,
+                            "webhook {event} to {url}: HTTP {}",
+                            response.status()
+                        ),
+                        Err(err) => tracing::warn!(attempt, "webhook {event} to {url}: {err}"),
+                    }
                 }
                 if attempt < ATTEMPTS {
                     hooks.deliveries.with_label_values(&["retried"]).inc();
@@ -85,6 +124,13 @@ impl Webhooks {
             hooks.deliveries.with_label_values(&["failed"]).inc();
         });
     }
+}
+
+/// How every webhook client is built: 10 s timeout, no redirects.
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
 }
 
 /// `sha256=<hex>` HMAC-SHA256 of `body` with `secret`.

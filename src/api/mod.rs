@@ -109,7 +109,7 @@ impl From<JobError> for ApiError {
                 "invalid_settings",
                 message,
             ),
-            JobError::BadCallback => ApiError::new(
+            JobError::BadCallback { .. } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_callback_url",
                 message,
