@@ -335,3 +335,31 @@ fn disk_full_reason(error: &str) -> Option<String> {
             (!text.is_empty() && error.contains(text)).then(|| text.to_string())
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::disk_full_reason;
+
+    #[test]
+    fn disk_full_is_recognised_in_unit_errors() {
+        // ffmpeg's stderr on a full disk, as a unit's error carries it.
+        let ffmpeg = "encoding segment 1 of 240p: ffmpeg exited with exit status: 1: \
+                      Error writing trailer of /data/jobs/x/.tmp/a-240p-seg_00001.ts: \
+                      No space left on device";
+        assert_eq!(
+            disk_full_reason(ffmpeg).as_deref(),
+            Some("No space left on device")
+        );
+        // Our own storage errors name the errno the same way.
+        let ours = crate::storage::StorageError::new(
+            "writing",
+            std::path::Path::new("/data/jobs/x/.tmp/index.m3u8"),
+            std::io::Error::from_raw_os_error(nix::errno::Errno::EDQUOT as i32),
+        );
+        assert!(disk_full_reason(&ours.to_string()).is_some(), "{ours}");
+        assert_eq!(
+            disk_full_reason("ffmpeg exited with signal: 9 (SIGKILL)"),
+            None
+        );
+    }
+}
