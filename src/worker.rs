@@ -862,7 +862,8 @@ impl Shared {
                     encoded.cancel();
                     result
                 };
-                let trickle = self.trickle_audio(&job, *track, tmp_dir, &lost, &encoded);
+                let trickle =
+                    self.trickle_audio(&job, &leases[0], *track, tmp_dir, &lost, &encoded);
                 tokio::join!(run, trickle).0
             }
             _ => batch.run(&plan, control).await,
@@ -1003,6 +1004,7 @@ impl Shared {
     async fn trickle_audio(
         &self,
         job: &Arc<JobRun>,
+        lease: &Lease,
         track: usize,
         tmp_dir: &std::path::Path,
         lost: &AtomicBool,
@@ -1017,6 +1019,16 @@ impl Shared {
             if lost.load(Ordering::Relaxed) {
                 return;
             }
+            if !self.audio_grew(tmp_dir, published) {
+                continue;
+            }
+            // As before the final publish: a pod resumed after its lease
+            // expired must not publish over the taker's files (the renewer
+            // stops ffmpeg at its next renewal).
+            if !self.leases_still_held(std::slice::from_ref(lease)).await {
+                lost.store(true, Ordering::Relaxed);
+                return;
+            }
             match self.publish_audio_so_far(job, track, tmp_dir, published) {
                 Ok(count) if count > published => {
                     published = count;
@@ -1029,6 +1041,12 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Whether ffmpeg's growing playlist lists more than `published` segments.
+    fn audio_grew(&self, tmp_dir: &std::path::Path, published: usize) -> bool {
+        hls::read_media_playlist(&tmp_dir.join("index.m3u8"))
+            .is_ok_and(|playlist| !playlist.end_list && playlist.segments.len() > published)
     }
 
     /// Publishes the segments ffmpeg's growing playlist lists beyond the
