@@ -820,7 +820,8 @@ fn transcode_refuses_private_urls_unless_allowed() {
 #[test]
 fn fuzz_entry_points_survive_their_seeds() {
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
-    let targets: [(&str, fn(&[u8])); 3] = [
+    type Entry = fn(&[u8]);
+    let targets: [(&str, Entry); 3] = [
         ("probe_plan", segswarm::fuzzing::probe_and_plan),
         ("media_playlist", segswarm::fuzzing::media_playlist),
         ("submit_request", segswarm::fuzzing::submit_request),
