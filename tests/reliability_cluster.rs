@@ -179,6 +179,10 @@ async fn chaos_pods_killed_and_replaced_every_few_seconds() {
         start_traced(&mut cluster, &format!("pod-{started}"), &wrapper).await;
     }
     let took = submitted.elapsed();
+    assert!(
+        kills >= 3,
+        "the job ended after {kills} kills, too soon to test anything; make it longer"
+    );
     for (name, job) in cluster
         .wait_status_everywhere(&id, &["done", "partial", "failed"], Duration::from_secs(30))
         .await
