@@ -148,6 +148,30 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn receivers_on_private_addresses_are_refused_unless_allowed() {
+        let counter =
+            IntCounterVec::new(prometheus::Opts::new("deliveries", "test"), &["result"]).unwrap();
+        let hooks = Webhooks::new(None, counter);
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "http://localhost/hook",
+            "http://[fe80::1]/",
+        ] {
+            assert!(
+                matches!(
+                    hooks.client_for(url).await,
+                    Err(EgressError::NotPublic { .. })
+                ),
+                "{url}"
+            );
+        }
+        let trusting = hooks.with_egress(EgressPolicy::AllowPrivate);
+        assert!(trusting.client_for("http://127.0.0.1:9/hook").await.is_ok());
+    }
+
     #[test]
     fn rfc4231_case_2() {
         // RFC 4231 test case 2: key "Jefe".
