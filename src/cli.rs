@@ -50,7 +50,8 @@ pub struct ServeArgs {
     /// Name of this pod in claims (default: the hostname).
     #[arg(long, env = "SEGSWARM_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// ffmpeg batches run at once (default: cores + 2, see docs/benchmarks.md).
+    /// ffmpeg batches run at once (default: one per core, plus 2 that run
+    /// only while the CPU has idle time; see docs/benchmarks.md).
     #[arg(long, env = "SEGSWARM_SLOTS")]
     pub slots: Option<usize>,
     /// Lifetime of a claim without renewal, in milliseconds.
@@ -182,7 +183,8 @@ pub struct TranscodeArgs {
     /// rungs above the source's size are dropped.
     #[arg(long, default_value = "240p,360p,480p,720p,1080p")]
     pub ladder: String,
-    /// ffmpeg batches run at once (default: cores + 2, see docs/benchmarks.md).
+    /// ffmpeg batches run at once (default: one per core, plus 2 that run
+    /// only while the CPU has idle time; see docs/benchmarks.md).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// x264 preset.
@@ -252,6 +254,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .slots
             .unwrap_or_else(segswarm::worker::default_slots)
             .max(1),
+        // A slot count that was set is exact; the default adds spare slots.
+        spare_slots: if args.slots.is_some() {
+            0
+        } else {
+            segswarm::worker::DEFAULT_SPARE_SLOTS
+        },
         claim_ttl: Duration::from_millis(args.claim_ttl_ms.max(100)),
         max_attempts: args.max_attempts,
         retry_backoff: Duration::from_millis(args.retry_backoff_ms),
@@ -307,6 +315,12 @@ async fn transcode(args: TranscodeArgs) -> anyhow::Result<ExitCode> {
             .concurrency
             .unwrap_or_else(segswarm::worker::default_slots)
             .max(1),
+        // A slot count that was set is exact; the default adds spare slots.
+        spare_slots: if args.concurrency.is_some() {
+            0
+        } else {
+            segswarm::worker::DEFAULT_SPARE_SLOTS
+        },
         ..WorkerSettings::default()
     };
     let coord: Arc<dyn Coordinator> = Arc::new(LocalCoordinator::new(Duration::from_secs(30)));

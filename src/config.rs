@@ -241,6 +241,8 @@ pub struct PodConfig {
     pub storage_dir: std::path::PathBuf,
     pub worker_id: String,
     pub slots: usize,
+    /// Slots that claim only while the CPU has idle time.
+    pub spare_slots: usize,
     pub claim_ttl: std::time::Duration,
     pub max_attempts: u32,
     pub retry_backoff: std::time::Duration,

@@ -10,6 +10,7 @@ pub mod api;
 pub mod bench;
 pub mod config;
 pub mod coord;
+pub mod cpu;
 pub mod egress;
 pub mod encode;
 pub mod ffmpeg;

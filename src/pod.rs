@@ -101,6 +101,7 @@ pub async fn run(config: PodConfig) -> Result<(), PodError> {
         WorkerSettings {
             worker_id: config.worker_id.clone(),
             slots: config.slots,
+            spare_slots: config.spare_slots,
             stall_timeout: config.stall_timeout,
             max_attempts: config.max_attempts,
             retry_backoff: config.retry_backoff,

@@ -8,6 +8,7 @@
 //! decides whether other pods share the work. It never parses requests or
 //! prints anything for a user.
 
+use crate::cpu::CpuGauge;
 use crate::coord::{ClaimOutcome, Completion, Coordinator, Lease, UnitNotice, WaitOutcome};
 use crate::encode::{Batch, VideoOutput};
 use crate::ffmpeg::RunControl;
@@ -33,6 +34,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// cannot drain the queue by failing everything it touches.
 const SICK_AFTER: usize = 5;
 const SICK_PAUSE: Duration = Duration::from_secs(30);
+/// How often a spare slot asks whether the CPU has room.
+const SPARE_RECHECK: Duration = Duration::from_millis(250);
 /// How often a running audio encode is looked at for finished segments.
 const AUDIO_TRICKLE_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -41,8 +44,11 @@ const AUDIO_TRICKLE_INTERVAL: Duration = Duration::from_millis(100);
 pub struct WorkerSettings {
     /// Name of this worker in claims (hostname or pod name).
     pub worker_id: String,
-    /// Batches run at the same time.
+    /// Batches run at the same time, always.
     pub slots: usize,
+    /// Further batches run only while the CPU has idle time (see
+    /// [`crate::cpu::CpuGauge`]).
+    pub spare_slots: usize,
     /// An ffmpeg that prints no progress for this long is killed.
     pub stall_timeout: Duration,
     /// Attempts per unit before it fails for good.
@@ -58,6 +64,7 @@ impl Default for WorkerSettings {
         WorkerSettings {
             worker_id: "local".into(),
             slots: default_slots(),
+            spare_slots: DEFAULT_SPARE_SLOTS,
             stall_timeout: Duration::from_secs(60),
             max_attempts: 3,
             retry_backoff: Duration::from_secs(1),
@@ -66,18 +73,23 @@ impl Default for WorkerSettings {
     }
 }
 
-/// Cores + 2. In one batch the filter graph and the encoders of the
-/// one-thread renditions share ffmpeg's main thread, so a batch keeps about
-/// one core busy, with gaps while it seeks and decodes up to its first
-/// frame; two extra slots fill those gaps. Measured on 2 cores with a 60 s
-/// 720p source and 4 renditions: 2 slots 55 s, 3 slots 36 s, 4 slots 34 s,
-/// one plain ffmpeg for the whole ladder 37 s (docs/benchmarks.md).
+/// One slot per core, plus [`DEFAULT_SPARE_SLOTS`] that run only on idle
+/// CPU. How many cores one batch keeps busy depends on the source: with a
+/// 720p source the filter graph and the one-thread encoders share ffmpeg's
+/// main thread (about one core, with gaps while it seeks and decodes), with
+/// a 1080p ladder the threaded 720p and 1080p encoders fill two. Measured on
+/// 2 cores (docs/benchmarks.md, figure 1): 720p source, 2 slots 55 s, 4 slots
+/// 34 s; 1080p source, 2 slots 64 s, 4 slots 69 s (4 busy batches on 2
+/// cores cost 8 % more CPU). Spare slots take the first case's idle CPU
+/// without crowding the second.
 pub fn default_slots() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-        + 2
 }
+
+/// Spare slots of a worker whose slot count was not set.
+pub const DEFAULT_SPARE_SLOTS: usize = 2;
 
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -310,6 +322,8 @@ struct Shared {
     failure_streak: Mutex<BTreeSet<(JobId, Unit)>>,
     /// While set and in the future, slots do not claim.
     paused_until: Mutex<Option<Instant>>,
+    /// Tells spare slots whether the CPU has room.
+    cpu: CpuGauge,
 }
 
 /// Slots that claim and run units of the jobs added to it.
@@ -344,14 +358,17 @@ impl Worker {
             tasks: TaskTracker::new(),
             failure_streak: Mutex::new(BTreeSet::new()),
             paused_until: Mutex::new(None),
+            cpu: CpuGauge::new(),
         });
         if let Some(notices) = shared.coord.unit_notices() {
             tokio::spawn(follow_unit_notices(Arc::downgrade(&shared), notices));
         }
         let mut slots = JoinSet::new();
-        for _ in 0..shared.settings.slots.max(1) {
+        let fixed = shared.settings.slots.max(1);
+        for index in 0..fixed + shared.settings.spare_slots {
             let shared = shared.clone();
-            slots.spawn(async move { shared.slot_loop().await });
+            let spare = index >= fixed;
+            slots.spawn(async move { shared.slot_loop(spare).await });
         }
         Worker {
             shared,
@@ -653,13 +670,22 @@ impl Shared {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn slot_loop(self: Arc<Self>) {
+    /// Claims and runs batches until shutdown. A `spare` slot claims only
+    /// while the CPU has idle time.
+    async fn slot_loop(self: Arc<Self>, spare: bool) {
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.shutdown.is_cancelled() {
                 return;
+            }
+            if spare && !self.cpu.take_spare() {
+                tokio::select! {
+                    _ = tokio::time::sleep(SPARE_RECHECK) => {}
+                    _ = self.shutdown.cancelled() => return,
+                }
+                continue;
             }
             if let Some(until) = self.paused_until() {
                 tokio::select! {
