@@ -119,8 +119,14 @@ mod tests {
 
     #[test]
     fn idle_share_between_readings() {
-        let before = CpuTimes { busy: 100, idle: 100 };
-        let after = CpuTimes { busy: 160, idle: 140 };
+        let before = CpuTimes {
+            busy: 100,
+            idle: 100,
+        };
+        let after = CpuTimes {
+            busy: 160,
+            idle: 140,
+        };
         assert!((idle_share(before, after) - 0.4).abs() < 1e-9);
         assert_eq!(idle_share(before, before), 0.0);
     }

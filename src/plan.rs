@@ -239,23 +239,27 @@ impl Plan {
         self.renditions.iter().find(|r| r.name == name)
     }
 
-    /// Every unit of the job in the order work should be done: audio and
-    /// thumbnail first, then segment by segment, lowest rendition first.
+    /// Every unit of the job in the order work should be done: audio, the
+    /// lowest rendition's segment 0 (with audio, all a player needs to
+    /// start), the thumbnail, then segment by segment, lowest rendition
+    /// first.
     pub fn units(&self) -> Vec<Unit> {
         let mut units: Vec<Unit> = self
             .audio
             .iter()
             .map(|a| Unit::Audio { track: a.track })
             .collect();
-        units.push(Unit::Thumbnail);
+        let mut video = Vec::new();
         for segment in &self.segments {
             for rendition in &self.renditions {
-                units.push(Unit::Video {
+                video.push(Unit::Video {
                     rendition: rendition.name.clone(),
                     index: segment.index,
                 });
             }
         }
+        video.insert(video.len().min(1), Unit::Thumbnail);
+        units.extend(video);
         units
     }
 
@@ -519,7 +523,7 @@ mod tests {
         let units: Vec<String> = a.units().iter().map(Unit::to_string).collect();
         assert_eq!(
             &units[..4],
-            &["audio/0", "thumbnail", "video/240p/0", "video/360p/0"]
+            &["audio/0", "video/240p/0", "thumbnail", "video/360p/0"]
         );
         assert_eq!(a.audio[0].channels, 2);
         for unit in a.units() {

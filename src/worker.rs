@@ -1,15 +1,16 @@
 //! The worker: slots that claim units and run them through the pipeline.
 //!
-//! Owns the order of work (audio and thumbnail first, then segment by
-//! segment with every free rendition of a segment in one batch, across jobs
+//! Owns the order of work (audio, the lowest rendition's segment 0 and the
+//! thumbnail first, then segment by segment with every free rendition of a
+//! segment in one batch, across jobs
 //! by priority then age), lease renewal while ffmpeg makes progress, retries
 //! with backoff, publishing outputs and deciding when a job has ended. It is
 //! the same for `segswarm transcode` and for a pod; the coordinator behind it
 //! decides whether other pods share the work. It never parses requests or
 //! prints anything for a user.
 
-use crate::cpu::CpuGauge;
 use crate::coord::{ClaimOutcome, Completion, Coordinator, Lease, UnitNotice, WaitOutcome};
+use crate::cpu::CpuGauge;
 use crate::encode::{Batch, VideoOutput};
 use crate::ffmpeg::RunControl;
 use crate::hls::{self, Availability, Listing, Packager};
