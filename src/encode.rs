@@ -250,8 +250,11 @@ fn audio_args(args: &mut Args, plan: &Plan, track: usize, tmp_dir: &Path) {
 
 fn thumbnail_args(args: &mut Args, plan: &Plan, tmp_path: &Path) {
     let thumb = &plan.thumbnail;
-    args.push_all(["-ss".to_string(), seconds(thumb.time)]);
     args.push_all(["-i".to_string(), plan.source.ffmpeg_input()]);
+    // An output seek: decode from the start and drop frames up to the time
+    // (at most 5 s in). An input seek can land past the only keyframe of an
+    // MPEG-TS source and yield no frame at all.
+    args.push_all(["-ss".to_string(), seconds(thumb.time)]);
     args.push_all(["-map".to_string(), format!("0:{}", plan.video_stream)]);
     args.push_all(["-an", "-sn", "-dn", "-map_metadata", "-1", "-frames:v", "1"]);
     args.push_all([

@@ -4,7 +4,9 @@
 mod common;
 
 use std::fs;
+use std::process::Command;
 
+use common::media::run_checked;
 use common::{
     assert_transcode_ok, gen_clip, run_transcode, validate_hls, ClipSpec, HlsReport, TestDir,
 };
@@ -184,6 +186,43 @@ fn nonzero_start_time() {
         &["144p", "240p"],
     );
     assert!((report.source.video_start - 3.0).abs() < 0.05);
+}
+
+/// A 6 s MPEG-TS source with a single keyframe and timestamps from 10 s
+/// (one of our own 6 s segments, say), packaged as one 6 s segment: an
+/// input seek to the thumbnail's time (0.6 s) lands past the keyframe in
+/// MPEG-TS and made no frame, so the job ended without a thumbnail.
+#[test]
+fn mpegts_with_a_single_keyframe() {
+    let dir = TestDir::new("ts-one-keyframe");
+    let mp4 = dir.join("source.mp4");
+    gen_clip(&mp4, &ClipSpec::new(6.0));
+    let source = dir.join("source.ts");
+    run_checked(
+        Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-y", "-i"])
+            .arg(&mp4)
+            .args(["-c:v", "libx264", "-preset", "ultrafast"])
+            .args(["-x264-params", "keyint=1000:min-keyint=1000:scenecut=0"])
+            .args(["-c:a", "aac", "-output_ts_offset", "10", "-f", "mpegts"])
+            .arg(&source),
+    );
+    let out = dir.join("out");
+    let args = [
+        "--segment-duration",
+        "6",
+        "--ladder",
+        "144p",
+        "--preset",
+        "ultrafast",
+    ];
+    let stdout = assert_transcode_ok(&run_transcode(&source, &out, &args));
+    validate_hls(&out, &source);
+    let thumbnail = fs::metadata(out.join("thumbnail.webp")).map(|m| m.len());
+    assert!(
+        thumbnail.as_ref().is_ok_and(|len| *len > 0),
+        "no thumbnail ({thumbnail:?}); transcode said:\n{stdout}"
+    );
 }
 
 #[test]
