@@ -171,14 +171,22 @@ fn seconds(value: f64) -> String {
     format!("{value:.6}")
 }
 
-/// The DESIGN recipe: seek half a frame before the segment's first frame,
-/// take exactly its frames, keep source timestamps shifted by a fixed base,
+/// The DESIGN recipe, with a seek that also works without an index: seek
+/// before the keyframe the segment is decoded from, trim to half a frame
+/// before its first frame, take exactly its frames, keep source timestamps shifted by a fixed base,
 /// one IDR at the start. Each rendition is a branch of one filter graph so
 /// the source is decoded once per batch.
 fn video_args(args: &mut Args, plan: &Plan, segment: &Segment, outputs: &[VideoOutput]) {
     args.push_all(["-ss".to_string(), seconds(segment.seek)]);
     args.push_all(["-i".to_string(), plan.source.ffmpeg_input()]);
-    let mut graph = format!("[0:{}]split={}", plan.video_stream, outputs.len());
+    // The seek lands before the segment (at its keyframe, see
+    // plan::SEEK_MARGIN); trim drops what comes before its first frame.
+    // Timestamps are the source's own here (-copyts).
+    let trim = segment
+        .trim_from
+        .map(|from| format!("trim=start={},", seconds(from)))
+        .unwrap_or_default();
+    let mut graph = format!("[0:{}]{trim}split={}", plan.video_stream, outputs.len());
     for i in 0..outputs.len() {
         graph.push_str(&format!("[s{i}]"));
     }

@@ -23,6 +23,16 @@ pub const PLAN_VERSION: u32 = 1;
 pub const TIMESTAMP_BASE: f64 = 10.0;
 /// A trailing segment shorter than this is merged into the one before.
 const MIN_TAIL_SECONDS: f64 = 0.5;
+/// How far before a segment's keyframe ffmpeg is asked to seek, when the
+/// segment does not start on a keyframe. An MPEG-TS source has no index:
+/// ffmpeg finds the position by a search on decode timestamps, which can
+/// land just after the keyframe (its decode time is earlier than its
+/// presentation time), and then nothing decodes up to the next keyframe.
+/// Indexed formats (mp4) seek to the keyframe before the target instead:
+/// one more group of pictures decoded and dropped, which measured as no
+/// visible cost (docs/benchmarks.md, figure 1).
+pub const SEEK_MARGIN: f64 = 1.0;
+
 /// Short side of the thumbnail, at most.
 const THUMBNAIL_SHORT_SIDE: u32 = 360;
 
@@ -52,9 +62,14 @@ pub struct Segment {
     pub frames: usize,
     /// Source presentation time of the first frame, seconds.
     pub start: f64,
-    /// Where ffmpeg seeks (`-ss`, relative to the source start): half a frame
-    /// before the first frame so the seek never lands on the frame before.
+    /// Where ffmpeg seeks (`-ss`, relative to the source start): before the
+    /// keyframe the first frame is decoded from (see [`SEEK_MARGIN`]).
     pub seek: f64,
+    /// Source time from which frames are kept (`trim`): half a frame before
+    /// the first frame. None in plans written before it existed, whose seek
+    /// was half a frame before the first frame itself.
+    #[serde(default)]
+    pub trim_from: Option<f64>,
     /// Duration in seconds (to the next segment's first frame).
     pub duration: f64,
 }
@@ -200,6 +215,7 @@ impl Plan {
         let renditions = renditions_for(&settings.ladder.0, display_w, display_h);
         let segments = cut_segments(
             frames,
+            &info.video.keyframe_times,
             info.video.last_frame_duration,
             f64::from(settings.segment_duration),
             info.start_time,
@@ -339,6 +355,7 @@ fn renditions_for(ladder: &[Rung], display_w: f64, display_h: f64) -> Vec<Rendit
 /// first frame, so they follow real timestamps (VFR works).
 fn cut_segments(
     frames: &[f64],
+    keyframes: &[f64],
     last_frame_duration: f64,
     target: f64,
     start_time: f64,
@@ -368,11 +385,27 @@ fn cut_segments(
             let frames_in = next.unwrap_or(frames.len()) - first_frame;
             let start = frames[first_frame];
             let end = next.map(|n| frames[n]).unwrap_or(end_time);
-            let seek = if index == 0 {
-                0.0
+            let (seek, trim_from) = if index == 0 {
+                (0.0, None)
             } else {
-                let previous = frames[first_frame - 1];
-                (start - start_time - (start - previous) / 2.0).max(0.0)
+                let half_frame = (start - frames[first_frame - 1]) / 2.0;
+                // Without keyframe times (they are not known), seek to the
+                // segment itself, as plans always did.
+                let keyframe = keyframes
+                    .iter()
+                    .rev()
+                    .find(|k| **k <= start + 1e-6)
+                    .copied()
+                    .unwrap_or(start);
+                let margin = if keyframe < start - 1e-6 {
+                    SEEK_MARGIN
+                } else {
+                    half_frame
+                };
+                (
+                    (keyframe - start_time - margin).max(0.0),
+                    Some(start - half_frame),
+                )
             };
             Segment {
                 index,
@@ -380,6 +413,7 @@ fn cut_segments(
                 frames: frames_in,
                 start,
                 seek,
+                trim_from,
                 duration: end - start,
             }
         })
@@ -433,6 +467,7 @@ mod tests {
                 rotation,
                 pix_fmt: "yuv420p".into(),
                 frame_times: frames,
+                keyframe_times: vec![0.0],
                 last_frame_duration: 1.0 / 30.0,
             },
             audio: vec![],
@@ -476,7 +511,7 @@ mod tests {
     #[test]
     fn segments_cover_every_frame_once() {
         let frames = cfr(300, 30000.0 / 1001.0);
-        let segments = cut_segments(&frames, 1001.0 / 30000.0, 2.0, 0.0);
+        let segments = cut_segments(&frames, &[0.0], 1001.0 / 30000.0, 2.0, 0.0);
         assert_eq!(segments.iter().map(|s| s.frames).sum::<usize>(), 300);
         for pair in segments.windows(2) {
             assert_eq!(pair[0].first_frame + pair[0].frames, pair[1].first_frame);
@@ -487,15 +522,32 @@ mod tests {
     }
 
     #[test]
+    fn seek_goes_before_the_keyframe_and_trim_to_the_first_frame() {
+        // 10 fps, 2 s segments, keyframes at 0 s and 3 s, source start 1 s.
+        let frames: Vec<f64> = (0..60).map(|i| 1.0 + f64::from(i) / 10.0).collect();
+        let segments = cut_segments(&frames, &[1.0, 4.0], 0.1, 2.0, 1.0);
+        assert_eq!((segments[0].seek, segments[0].trim_from), (0.0, None));
+        // Segment 1 (from 3.0 s) is decoded from the keyframe at 1.0 s.
+        assert_eq!(segments[1].seek, 0.0);
+        let trim = segments[1].trim_from.unwrap();
+        assert!((trim - 2.95).abs() < 1e-9, "{trim}");
+        // Segment 2 (from 5.0 s) from the keyframe at 4.0 s, 1 s earlier.
+        assert!((segments[2].seek - (4.0 - 1.0 - SEEK_MARGIN)).abs() < 1e-9);
+        // Without keyframe times: the segment's own start, half a frame early.
+        let segments = cut_segments(&frames, &[], 0.1, 2.0, 1.0);
+        assert!((segments[2].seek - (5.0 - 1.0 - 0.05)).abs() < 1e-9);
+    }
+
+    #[test]
     fn short_tail_is_merged_and_vfr_gap_skips_targets() {
         // 6.2 s at 25 fps with 2 s segments: tail of 0.2 s merges.
-        let segments = cut_segments(&cfr(155, 25.0), 0.04, 2.0, 0.0);
+        let segments = cut_segments(&cfr(155, 25.0), &[0.0], 0.04, 2.0, 0.0);
         assert_eq!(segments.len(), 3);
         assert_eq!(segments[2].frames, 55);
         // A 5 s hole in VFR timestamps does not make empty segments.
         let mut frames = cfr(10, 10.0);
         frames.extend((0..10).map(|i| 6.0 + f64::from(i) / 10.0));
-        let segments = cut_segments(&frames, 0.1, 2.0, 0.0);
+        let segments = cut_segments(&frames, &[0.0], 0.1, 2.0, 0.0);
         assert!(segments.iter().all(|s| s.frames > 0));
         assert_eq!(segments.len(), 2);
     }

@@ -79,6 +79,9 @@ pub struct VideoInfo {
     pub pix_fmt: String,
     /// Presentation time of every frame in seconds, ascending.
     pub frame_times: Vec<f64>,
+    /// Presentation time of every keyframe (packet flag K), ascending.
+    #[serde(default)]
+    pub keyframe_times: Vec<f64>,
     /// Duration of the last frame in seconds.
     pub last_frame_duration: f64,
 }
@@ -208,12 +211,13 @@ fn with_frames(
     mut info: SourceInfo,
     packets: &[u8],
 ) -> Result<SourceInfo, ProbeError> {
-    let (frame_times, last_frame_duration) = parse_packets(packets);
+    let (frame_times, keyframe_times, last_frame_duration) = parse_packets(packets);
     if frame_times.is_empty() {
         return Err(ProbeError::NoFrames(source_name.to_string()));
     }
     check_length(source_name, &frame_times, last_frame_duration)?;
     info.video.frame_times = frame_times;
+    info.video.keyframe_times = keyframe_times;
     info.video.last_frame_duration = last_frame_duration;
     Ok(info)
 }
@@ -367,6 +371,7 @@ fn parse_streams(source_name: &str, json: &[u8]) -> Result<SourceInfo, ProbeErro
         rotation: rotation_of(video_stream),
         pix_fmt: video_stream.pix_fmt.clone().unwrap_or_default(),
         frame_times: Vec::new(),
+        keyframe_times: Vec::new(),
         last_frame_duration: 0.0,
     };
     // Renditions keep the display aspect ratio, so a lying pixel aspect
@@ -453,15 +458,17 @@ fn rotation_of(stream: &StreamJson) -> u32 {
 /// Parses `compact` packet lines into sorted frame times and the last
 /// frame's duration. Discarded packets are not frames; packets without a pts
 /// fall back to their dts.
-fn parse_packets(output: &[u8]) -> (Vec<f64>, f64) {
+fn parse_packets(output: &[u8]) -> (Vec<f64>, Vec<f64>, f64) {
     let text = String::from_utf8_lossy(output);
     let mut times = Vec::new();
+    let mut keyframes = Vec::new();
     let mut durations = Vec::new();
     for line in text.lines() {
         let mut pts = None;
         let mut dts = None;
         let mut duration = None;
         let mut discarded = false;
+        let mut keyframe = false;
         for field in line.split('|') {
             let Some((key, value)) = field.split_once('=') else {
                 continue;
@@ -470,7 +477,10 @@ fn parse_packets(output: &[u8]) -> (Vec<f64>, f64) {
                 "pts_time" => pts = value.parse::<f64>().ok(),
                 "dts_time" => dts = value.parse::<f64>().ok(),
                 "duration_time" => duration = value.parse::<f64>().ok(),
-                "flags" => discarded = value.contains('D'),
+                "flags" => {
+                    discarded = value.contains('D');
+                    keyframe = value.contains('K');
+                }
                 _ => {}
             }
         }
@@ -479,6 +489,9 @@ fn parse_packets(output: &[u8]) -> (Vec<f64>, f64) {
         }
         if let Some(time) = pts.or(dts).filter(|t| t.is_finite()) {
             times.push((time, duration));
+            if keyframe {
+                keyframes.push(time);
+            }
         }
     }
     times.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -494,7 +507,9 @@ fn parse_packets(output: &[u8]) -> (Vec<f64>, f64) {
         .and_then(|(_, d)| d.filter(|d| *d > 0.0))
         .or_else(|| median_interval(&frame_times))
         .unwrap_or(1.0 / 30.0);
-    (frame_times, last_duration)
+    keyframes.sort_by(f64::total_cmp);
+    keyframes.dedup_by(|a, b| (*a - *b).abs() < 1e-6);
+    (frame_times, keyframes, last_duration)
 }
 
 fn median_interval(times: &[f64]) -> Option<f64> {
@@ -516,8 +531,9 @@ mod tests {
 pts_time=0.100000|dts_time=-0.033333|duration_time=0.033333|flags=__\n\
 pts_time=0.033333|dts_time=0.000000|duration_time=0.033333|flags=__\n\
 pts_time=0.066667|dts_time=0.033333|duration_time=0.033333|flags=_D\n";
-        let (times, last) = parse_packets(out);
+        let (times, keyframes, last) = parse_packets(out);
         assert_eq!(times, vec![0.0, 0.033333, 0.1]);
+        assert_eq!(keyframes, vec![0.0]);
         assert!((last - 0.033333).abs() < 1e-9);
     }
 

@@ -188,41 +188,50 @@ fn nonzero_start_time() {
     assert!((report.source.video_start - 3.0).abs() < 0.05);
 }
 
-/// A 6 s MPEG-TS source with a single keyframe and timestamps from 10 s
-/// (one of our own 6 s segments, say), packaged as one 6 s segment: an
-/// input seek to the thumbnail's time (0.6 s) lands past the keyframe in
-/// MPEG-TS and made no frame, so the job ended without a thumbnail.
+/// An MPEG-TS source with timestamps from 10 s and keyframes 5 s apart
+/// (longer than its 2 s segments), and a 6 s one with a single keyframe
+/// packaged as one 6 s segment. MPEG-TS has no index: a seek to a
+/// segment's start landed past the keyframe it is decoded from (segments
+/// came out empty), and the thumbnail's seek made no frame.
 #[test]
-fn mpegts_with_a_single_keyframe() {
-    let dir = TestDir::new("ts-one-keyframe");
-    let mp4 = dir.join("source.mp4");
-    gen_clip(&mp4, &ClipSpec::new(6.0));
-    let source = dir.join("source.ts");
-    run_checked(
-        Command::new("ffmpeg")
-            .args(["-nostdin", "-v", "error", "-y", "-i"])
-            .arg(&mp4)
-            .args(["-c:v", "libx264", "-preset", "ultrafast"])
-            .args(["-x264-params", "keyint=1000:min-keyint=1000:scenecut=0"])
-            .args(["-c:a", "aac", "-output_ts_offset", "10", "-f", "mpegts"])
-            .arg(&source),
-    );
-    let out = dir.join("out");
-    let args = [
-        "--segment-duration",
-        "6",
-        "--ladder",
-        "144p",
-        "--preset",
-        "ultrafast",
-    ];
-    let stdout = assert_transcode_ok(&run_transcode(&source, &out, &args));
-    validate_hls(&out, &source);
-    let thumbnail = fs::metadata(out.join("thumbnail.webp")).map(|m| m.len());
-    assert!(
-        thumbnail.as_ref().is_ok_and(|len| *len > 0),
-        "no thumbnail ({thumbnail:?}); transcode said:\n{stdout}"
-    );
+fn mpegts_with_long_gops() {
+    for (label, duration, keyint, segment) in [
+        ("ts-gop-5s", 8.0, "150", "2"),
+        ("ts-one-keyframe", 6.0, "1000", "6"),
+    ] {
+        let dir = TestDir::new(label);
+        let mp4 = dir.join("source.mp4");
+        gen_clip(&mp4, &ClipSpec::new(duration));
+        let source = dir.join("source.ts");
+        run_checked(
+            Command::new("ffmpeg")
+                .args(["-nostdin", "-v", "error", "-y", "-i"])
+                .arg(&mp4)
+                .args(["-c:v", "libx264", "-preset", "ultrafast"])
+                .args([
+                    "-x264-params",
+                    &format!("keyint={keyint}:min-keyint={keyint}:scenecut=0"),
+                ])
+                .args(["-c:a", "aac", "-output_ts_offset", "10", "-f", "mpegts"])
+                .arg(&source),
+        );
+        let out = dir.join("out");
+        let args = [
+            "--segment-duration",
+            segment,
+            "--ladder",
+            "144p",
+            "--preset",
+            "ultrafast",
+        ];
+        let stdout = assert_transcode_ok(&run_transcode(&source, &out, &args));
+        validate_hls(&out, &source);
+        let thumbnail = fs::metadata(out.join("thumbnail.webp")).map(|m| m.len());
+        assert!(
+            thumbnail.as_ref().is_ok_and(|len| *len > 0),
+            "{label}: no thumbnail ({thumbnail:?}); transcode said:\n{stdout}"
+        );
+    }
 }
 
 #[test]
