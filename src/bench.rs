@@ -805,18 +805,7 @@ async fn memory(args: &MemoryArgs) -> Result<Report, BenchError> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let pid = pod.0.id();
         let idle = rss_mb(pid)?;
-        let job: serde_json::Value = http
-            .post(format!("{base}/v1/jobs"))
-            .json(&serde_json::json!({"source": source}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let id = job["id"]
-            .as_str()
-            .ok_or_else(|| setup("no job id in the answer"))?
-            .to_string();
+        let id = submit_job(&http, &base, &source).await?;
         let mut peak = idle;
         let started = Instant::now();
         let mut last_poll = Instant::now() - Duration::from_secs(1);
@@ -905,18 +894,7 @@ async fn playable(args: &PlayableArgs) -> Result<Report, BenchError> {
 
         let (mut pod, base) = start_pod(&exe, tmp.path(), run, &http).await?;
         let submitted = Instant::now();
-        let job: serde_json::Value = http
-            .post(format!("{base}/v1/jobs"))
-            .json(&serde_json::json!({"source": source}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let id = job["id"]
-            .as_str()
-            .ok_or_else(|| setup("no job id in the answer"))?
-            .to_string();
+        let id = submit_job(&http, &base, &source).await?;
         let to_playable = loop {
             let state: serde_json::Value = http
                 .get(format!("{base}/v1/jobs/{id}"))
@@ -938,6 +916,26 @@ async fn playable(args: &PlayableArgs) -> Result<Report, BenchError> {
         pod.stop();
     }
     Ok(report)
+}
+
+/// Submits `source` to the pod at `base`; returns the job's id.
+async fn submit_job(
+    http: &reqwest::Client,
+    base: &str,
+    source: &Path,
+) -> Result<String, BenchError> {
+    let job: serde_json::Value = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&serde_json::json!({"source": source}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    job["id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| setup("no job id in the answer"))
 }
 
 /// Generates a clip of `size` (e.g. 1280x720) with motion and a tone under

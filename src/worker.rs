@@ -1046,7 +1046,12 @@ impl Shared {
             if lost.load(Ordering::Relaxed) {
                 return;
             }
-            if !self.audio_grew(tmp_dir, published) {
+            // ffmpeg rewrites its playlist after each segment (whole, by
+            // rename); one that has ENDLIST is left to the final publish.
+            let Ok(playlist) = hls::read_media_playlist(&tmp_dir.join("index.m3u8")) else {
+                continue;
+            };
+            if playlist.end_list || playlist.segments.len() <= published {
                 continue;
             }
             // As before the final publish: a pod resumed after its lease
@@ -1056,12 +1061,11 @@ impl Shared {
                 lost.store(true, Ordering::Relaxed);
                 return;
             }
-            match self.publish_audio_so_far(job, track, tmp_dir, published) {
-                Ok(count) if count > published => {
-                    published = count;
+            match self.publish_audio_so_far(job, track, tmp_dir, &playlist, published) {
+                Ok(()) => {
+                    published = playlist.segments.len();
                     self.publish_playlists(job).await;
                 }
-                Ok(_) => {}
                 // Not fatal: the final publish after the encode decides.
                 Err(err) => {
                     tracing::debug!(job = %job.id(), track, "publishing audio so far: {err}")
@@ -1070,30 +1074,17 @@ impl Shared {
         }
     }
 
-    /// Whether ffmpeg's growing playlist lists more than `published` segments.
-    fn audio_grew(&self, tmp_dir: &std::path::Path, published: usize) -> bool {
-        hls::read_media_playlist(&tmp_dir.join("index.m3u8"))
-            .is_ok_and(|playlist| !playlist.end_list && playlist.segments.len() > published)
-    }
-
-    /// Publishes the segments ffmpeg's growing playlist lists beyond the
+    /// Publishes the segments of ffmpeg's growing `playlist` beyond the
     /// first `published` (copies: ffmpeg's folder stays whole for the final
-    /// check), then our EVENT playlist. Returns how many are published.
+    /// check), then our EVENT playlist listing them all.
     fn publish_audio_so_far(
         &self,
         job: &JobRun,
         track: usize,
         tmp_dir: &std::path::Path,
+        playlist: &m3u8_rs::MediaPlaylist,
         published: usize,
-    ) -> Result<usize, String> {
-        let ffmpeg_playlist = tmp_dir.join("index.m3u8");
-        if !ffmpeg_playlist.is_file() {
-            return Ok(published);
-        }
-        let playlist = hls::read_media_playlist(&ffmpeg_playlist).map_err(|e| e.to_string())?;
-        if playlist.segments.len() <= published || playlist.end_list {
-            return Ok(published);
-        }
+    ) -> Result<(), String> {
         let dir = job.layout.audio_dir(track);
         for segment in &playlist.segments[published..] {
             let name = hls::file_name(&segment.uri);
@@ -1110,10 +1101,10 @@ impl Shared {
         // replace a final playlist with a growing one.
         if !hls::is_finished_playlist(&target) {
             job.layout
-                .write_atomic(&target, &hls::audio_playlist(&playlist, false))
+                .write_atomic(&target, &hls::audio_playlist(playlist, false))
                 .map_err(|e| e.to_string())?;
         }
-        Ok(playlist.segments.len())
+        Ok(())
     }
 
     async fn complete(&self, job: &Arc<JobRun>, lease: &Lease) {

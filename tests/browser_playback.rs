@@ -3,43 +3,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use common::browser::run_node_json;
 use common::{assert_transcode_ok, gen_clip, run_transcode, validate_hls, ClipSpec, TestDir};
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// Installs the pinned hls.js and playwright-core if they are missing. Never
-/// skips: a missing node toolchain is a failure, not a pass.
-fn ensure_node_modules() {
-    let dir = browser_dir();
-    if dir.join("node_modules/hls.js/dist/hls.min.js").is_file()
-        && dir
-            .join("node_modules/playwright-core/package.json")
-            .is_file()
-    {
-        return;
-    }
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-        .output()
-        .expect("run npm ci (install node and npm: scripts/install-deps)");
-    assert!(
-        out.status.success(),
-        "npm ci in {} failed:\n{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[test]
 fn chromium_plays_the_package_to_the_end() {
-    ensure_node_modules();
     let dir = TestDir::new("browser");
     let source = dir.join("source.mp4");
     gen_clip(&source, &ClipSpec::new(6.0).size(480, 270));
@@ -58,21 +26,8 @@ fn chromium_plays_the_package_to_the_end() {
     ));
     validate_hls(&out, &source);
 
-    let played = Command::new("node")
-        .arg(browser_dir().join("play.mjs"))
-        .arg(&out)
-        .arg("60")
-        .output()
-        .expect("run node tests/browser/play.mjs");
-    let stdout = String::from_utf8_lossy(&played.stdout);
-    let stderr = String::from_utf8_lossy(&played.stderr);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("play.mjs printed no JSON\n{stdout}\n{stderr}"));
-    let result: serde_json::Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("play.mjs printed bad JSON ({e}): {line}"));
+    let out_arg = out.to_string_lossy();
+    let (exited_ok, result) = run_node_json("play.mjs", &[&out_arg, "60"]);
 
     assert_eq!(
         result["fatalErrors"].as_array().map(Vec::len),
@@ -95,9 +50,5 @@ fn chromium_plays_the_package_to_the_end() {
         serde_json::json!(["eng"]),
         "hls.js should see the audio rendition: {result}"
     );
-    assert!(
-        played.status.success(),
-        "play.mjs exited with {:?}: {result}\n{stderr}",
-        played.status
-    );
+    assert!(exited_ok, "play.mjs exited with an error: {result}");
 }

@@ -8,11 +8,7 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -20,6 +16,7 @@ use serde_json::{json, Value};
 use common::cluster::{
     claims, done_units, job_id, output_stamps, unit_count, unit_of, wait_planned,
 };
+use common::webhook::{self, webhook_receiver};
 use common::{
     ffmpeg_processes_mentioning, gen_clip, has_metric, hold_wrapper, metric_value, seg_files,
     validate_hls, wait_for, ClipSpec, Cluster, FfmpegWrapper, Pod, TestDir,
@@ -65,57 +62,12 @@ fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-type Hooks = Arc<Mutex<Vec<(String, Value)>>>;
-
-/// A webhook receiver on 127.0.0.1 that answers 200 to everything and
-/// records (X-Segswarm-Event, body) of each request.
-fn webhook_receiver() -> (String, Hooks) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let received: Hooks = Arc::new(Mutex::new(Vec::new()));
-    let log = received.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut headers = HashMap::new();
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                continue;
-            }
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = line.split_once(':') {
-                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                }
-            }
-            let len: usize = headers
-                .get("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-            let event = headers.get("x-segswarm-event").cloned().unwrap_or_default();
-            let payload = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            log.lock().unwrap().push((event, payload));
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            );
-        }
-    });
-    (url, received)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pods_share_one_job_and_answer_for_it() {
     let dir = TestDir::new("cluster-share");
     let source = dir.join("source.mp4");
     gen_clip(&source, &ClipSpec::new(60.0).size(640, 360));
-    let (hook_url, hooks) = webhook_receiver();
+    let (hook_url, hooks) = webhook_receiver(false);
     let mut cluster = Cluster::new(dir.path()).env("SEGSWARM_SLOTS", "1");
     for name in ["pod-a", "pod-b", "pod-c"] {
         cluster.start(name).await;
@@ -258,23 +210,14 @@ async fn three_pods_share_one_job_and_answer_for_it() {
     // Webhooks fire once per event cluster-wide.
     assert!(
         wait_for(Duration::from_secs(20), || {
-            hooks
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|(event, _)| event == "done")
+            webhook::events(&hooks).iter().any(|event| event == "done")
         })
         .await,
         "no done webhook: {:?}",
-        hooks.lock().unwrap()
+        webhook::events(&hooks)
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let delivered: Vec<String> = hooks
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(e, _)| e.clone())
-        .collect();
+    let delivered = webhook::events(&hooks);
     for event in ["playable", "done"] {
         assert_eq!(
             delivered.iter().filter(|e| *e == event).count(),
@@ -784,21 +727,7 @@ async fn redis_outage_three_pods_go_local_and_come_back() {
     }
 
     cluster.redis.stop();
-    let took = cluster
-        .wait_metric_everywhere(
-            "segswarm_mode",
-            &[("mode", "local")],
-            1.0,
-            Duration::from_secs(10),
-        )
-        .await;
-    assert!(
-        took.is_some(),
-        "not every pod switched to local mode within 10 s: {:?}",
-        cluster
-            .metric_per_pod("segswarm_mode", &[("mode", "local")])
-            .await
-    );
+    let took = cluster.wait_mode("local", Duration::from_secs(10)).await;
     println!("every pod in local mode {took:?} after Redis stopped");
     for (name, value) in cluster
         .metric_per_pod("segswarm_fallbacks_total", &[])
@@ -826,20 +755,8 @@ async fn redis_outage_three_pods_go_local_and_come_back() {
 
     cluster.redis.start_again();
     let took = cluster
-        .wait_metric_everywhere(
-            "segswarm_mode",
-            &[("mode", "distributed")],
-            1.0,
-            Duration::from_secs(10),
-        )
+        .wait_mode("distributed", Duration::from_secs(10))
         .await;
-    assert!(
-        took.is_some(),
-        "not every pod returned to distributed mode within 10 s: {:?}",
-        cluster
-            .metric_per_pod("segswarm_mode", &[("mode", "distributed")])
-            .await
-    );
     println!("every pod distributed again {took:?} after Redis came back");
     for (name, value) in cluster.metric_per_pod("segswarm_redis_up", &[]).await {
         assert_eq!(value, 1.0, "{name}: segswarm_redis_up after the outage");

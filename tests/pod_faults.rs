@@ -4,16 +4,13 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
+use common::webhook::webhook_receiver;
 use common::{
     decode_errors, ffmpeg_processes_mentioning, gen_clip, has_metric, metric_value, validate_hls,
     wait_for, ClipSpec, FfmpegWrapper, Pod, TestDir,
@@ -229,54 +226,6 @@ async fn failed_attempt_is_retried_after_backoff() {
     validate_hls(&pod.job_dir(&id), &source);
 }
 
-type Received = Arc<Mutex<Vec<(u16, HashMap<String, String>, Vec<u8>)>>>;
-
-/// A webhook receiver on 127.0.0.1: records each request's headers and body
-/// and answers 500 to the first request, 200 to the others.
-fn webhook_receiver() -> (String, Received) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let received: Received = Arc::new(Mutex::new(Vec::new()));
-    let log = received.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut headers = HashMap::new();
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                continue;
-            }
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = line.split_once(':') {
-                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                }
-            }
-            let len: usize = headers
-                .get("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-            let status = if log.lock().unwrap().is_empty() {
-                500
-            } else {
-                200
-            };
-            log.lock().unwrap().push((status, headers, body));
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            );
-        }
-    });
-    (url, received)
-}
-
 fn hmac_hex(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
@@ -290,7 +239,7 @@ async fn webhooks_are_signed_and_retried() {
     let dir = TestDir::new("pod-webhook");
     let source = dir.join("source.mp4");
     gen_clip(&source, &ClipSpec::new(4.0).size(640, 360));
-    let (url, received) = webhook_receiver();
+    let (url, received) = webhook_receiver(true);
     let secret = "s3cret-for-tests";
     let pod = Pod::start(
         &dir.join("storage"),
@@ -393,7 +342,7 @@ async fn unreadable_source_fails_with_reason_and_webhook() {
     let dir = TestDir::new("pod-bad-source");
     let source = dir.join("not-a-video.mp4");
     std::fs::write(&source, b"this is text, not a video").unwrap();
-    let (url, received) = webhook_receiver();
+    let (url, received) = webhook_receiver(true);
     let pod = Pod::start(
         &dir.join("storage"),
         &[("SEGSWARM_SOURCE_ROOTS", dir.path().to_str().unwrap())],

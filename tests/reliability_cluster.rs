@@ -551,17 +551,7 @@ async fn redis_fault_mid_job(label: &str, fault: RedisFault) {
             } else {
                 cluster.redis.stop();
             }
-            let local = cluster
-                .wait_metric_everywhere(
-                    "segswarm_mode",
-                    &[("mode", "local")],
-                    1.0,
-                    Duration::from_secs(10),
-                )
-                .await;
-            let local = local.unwrap_or_else(|| {
-                panic!("not every pod switched to local mode within 10 s of the outage")
-            });
+            let local = cluster.wait_mode("local", Duration::from_secs(10)).await;
             eprintln!(
                 "FIGURE: Redis {fault:?}: every pod in local mode {:.2} s after Redis stopped",
                 local.as_secs_f64()
@@ -581,19 +571,8 @@ async fn redis_fault_mid_job(label: &str, fault: RedisFault) {
             cluster.redis.start_again();
             let back_at = Instant::now();
             let distributed = cluster
-                .wait_metric_everywhere(
-                    "segswarm_mode",
-                    &[("mode", "distributed")],
-                    1.0,
-                    Duration::from_secs(20),
-                )
+                .wait_mode("distributed", Duration::from_secs(20))
                 .await;
-            let distributed = distributed.unwrap_or_else(|| {
-                panic!(
-                    "not every pod returned to distributed mode within 20 s\n{}",
-                    cluster.logs()
-                )
-            });
             eprintln!(
                 "FIGURE: Redis {fault:?}: every pod distributed again {:.2} s after Redis \
                  was back (outage {:.1} s)",

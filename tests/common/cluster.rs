@@ -204,6 +204,24 @@ impl Cluster {
         }
     }
 
+    /// Waits until every running member reports coordination mode `mode`
+    /// (`local` or `distributed`); returns how long that took, or panics
+    /// after `limit` with each member's value and the logs.
+    pub async fn wait_mode(&self, mode: &str, limit: Duration) -> Duration {
+        let labels = [("mode", mode)];
+        match self
+            .wait_metric_everywhere("segswarm_mode", &labels, 1.0, limit)
+            .await
+        {
+            Some(took) => took,
+            None => panic!(
+                "not every pod was in {mode} mode within {limit:?}: {:?}\n{}",
+                self.metric_per_pod("segswarm_mode", &labels).await,
+                self.logs()
+            ),
+        }
+    }
+
     /// Polls `GET /v1/jobs/<id>` on every running member until each reports
     /// one of `statuses`; returns the jobs by member name.
     pub async fn wait_status_everywhere(

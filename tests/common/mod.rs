@@ -37,6 +37,7 @@ pub mod pod;
 pub mod process;
 pub mod redis;
 pub mod stats;
+pub mod webhook;
 
 pub use self::redis::RedisServer;
 pub use cluster::{hold_wrapper, Cluster};
