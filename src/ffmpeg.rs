@@ -54,6 +54,23 @@ impl RunError {
     pub fn is_canceled(&self) -> bool {
         matches!(self, RunError::Canceled { .. })
     }
+
+    /// True when the program failed because the disk was full or a quota
+    /// exceeded. ffmpeg says so only in its stderr, with the C library's
+    /// text for the errno (the same text `std::io::Error` prints), so this
+    /// is the one place that reads it.
+    pub fn is_disk_full(&self) -> bool {
+        let RunError::Failed { stderr, .. } = self else {
+            return false;
+        };
+        [nix::errno::Errno::ENOSPC, nix::errno::Errno::EDQUOT]
+            .into_iter()
+            .any(|errno| {
+                let text = std::io::Error::from_raw_os_error(errno as i32).to_string();
+                let text = text.split(" (os error").next().unwrap_or_default();
+                !text.is_empty() && stderr.contains(text)
+            })
+    }
 }
 
 /// What a run may be told or watched for while it runs.

@@ -10,12 +10,12 @@
 
 use crate::config::{validate_segment_duration, ConfigError, EncodeSettings, Ladder};
 use crate::egress::{EgressError, EgressPolicy};
-use crate::hls::Listing;
 use crate::plan::{Plan, Unit};
+use crate::playlists::Listing;
+use crate::prepare::prepare;
 use crate::registry::{Incoming, Registry};
 use crate::source::{Source, SourceError};
 use crate::storage::{read_plan, Storage, StorageError};
-use crate::transcode::prepare;
 use crate::webhook::Webhooks;
 use crate::worker::{JobOptions, JobOutcome, JobRun, RequestError, Worker, WorkerEvent};
 use crate::JobId;

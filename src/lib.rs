@@ -1,34 +1,77 @@
-//! segswarm: turn source videos into adaptive HLS on a cluster of identical pods.
+//! segswarm: turn source videos into adaptive HLS on a cluster of identical
+//! pods.
 //!
-//! Data flows one way: [`probe`] → [`plan`] → units claimed through a
-//! [`coord::Coordinator`] → [`encode`] (ffmpeg, via [`ffmpeg`]) → [`storage`]
-//! (atomic publish) → [`hls`] (playlists). The [`worker`] drives that pipeline
-//! for the CLI and for the pod alike; nothing in the pipeline calls back into
-//! the worker or the binary.
+//! Data flows one way: `probe` → `plan` → units claimed through a
+//! [`Coordinator`] → `encode` (ffmpeg, via `ffmpeg`) → `storage` (atomic
+//! publish) → `playlists` (written by `hls`). The `worker` drives that
+//! pipeline for `segswarm transcode` ([`Transcode`]) and for a pod
+//! ([`serve`]) alike; around it a pod has `jobs` (records, events, the
+//! cluster's job registry), `api` (HTTP), `watch` and `webhook`. Nothing in
+//! the pipeline calls back into the worker, the pod or the binary.
+//! docs/architecture.md has the map.
+//!
+//! Modules are private; what the binary, the tests, the benchmarks and the
+//! fuzz targets use is re-exported here.
 
-pub mod api;
-pub mod bench;
-pub mod config;
-pub mod coord;
-pub mod cpu;
-pub mod egress;
-pub mod encode;
-pub mod ffmpeg;
+mod api;
+mod config;
+mod coord;
+mod cpu;
+mod egress;
+mod encode;
+mod ffmpeg;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod hls;
-pub mod jobs;
-pub mod metrics;
-pub mod plan;
-pub mod pod;
-pub mod probe;
-pub mod registry;
-pub mod source;
-pub mod storage;
-pub mod transcode;
-pub mod watch;
-pub mod webhook;
-pub mod worker;
+mod hls;
+mod jobs;
+mod metrics;
+mod plan;
+mod playlists;
+mod pod;
+mod prepare;
+mod probe;
+mod redis_link;
+mod registry;
+mod source;
+mod storage;
+mod sync;
+mod transcode;
+mod watch;
+mod webhook;
+mod worker;
 
 /// Identifier of a job (UUID v4).
 pub type JobId = uuid::Uuid;
+
+// Running segswarm: a pod, a one-off transcode, and what they report.
+pub use pod::{serve, PodError};
+pub use transcode::{Transcode, TranscodeConfig, TranscodeError};
+pub use worker::{FailureKind, JobOutcome, JobRun, UnitFailure, WorkerEvent};
+
+/// The validated settings a pod and a transcode are made from.
+pub mod settings {
+    pub use crate::config::{
+        validate_max_attempts, validate_preset, validate_segment_duration, worker_id_or_hostname,
+        ClaimTtl, ConfigError, EncodeSettings, Ladder, PodConfig, RunSettings, Rung, Slots,
+        DEFAULT_SEGMENT_DURATION,
+    };
+}
+
+/// Coordination, for tests and benchmarks that drive it directly.
+pub mod coordination {
+    pub use crate::coord::{
+        new_token, ClaimOutcome, Completion, CoordError, Coordinator, Lease, LocalCoordinator,
+        Mode, RedisCoordinator, UnitNotice, WaitOutcome,
+    };
+    pub use crate::metrics::Metrics;
+    pub use crate::redis_link::{RedisSettings, RedisSetupError};
+}
+
+/// The encoding pipeline's pieces, for benchmarks that time one step.
+pub mod pipeline {
+    pub use crate::encode::{Batch, EncodeError, VideoOutput};
+    pub use crate::ffmpeg::{RunControl, RunError};
+    pub use crate::plan::{Plan, PlanError, Rendition, Segment, Unit};
+    pub use crate::probe::{probe, ProbeError, SourceInfo};
+    pub use crate::source::{Source, SourceError};
+}

@@ -289,11 +289,6 @@ impl Plan {
             }
         }
     }
-
-    /// Total playback seconds of media this plan produces per rendition.
-    pub fn media_seconds(&self) -> f64 {
-        self.segments.iter().map(|s| s.duration).sum()
-    }
 }
 
 /// Rounds to the nearest even number, at least 2.

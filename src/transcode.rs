@@ -1,72 +1,123 @@
-//! Preparing a job for the worker: read `job.json` if it exists (resume),
-//! otherwise probe the source, plan it and write `job.json`.
+//! `segswarm transcode`: one job on this machine, into a folder of its own.
 //!
-//! `segswarm transcode` and the pod both start jobs through [`prepare`], so
-//! there is one way a plan comes into being. It never encodes anything.
+//! The same pipeline as a pod's (the same [`prepare`], [`Worker`] and
+//! coordinator trait, here a [`LocalCoordinator`]); only the user-facing
+//! side (progress bar, messages, exit codes) is the binary's. Nobody else
+//! writes into the output folder, so leftovers of a killed run are removed
+//! before work starts.
 
-use crate::config::EncodeSettings;
-use crate::plan::{Plan, PlanError};
-use crate::probe::{probe, ProbeError};
-use crate::source::Source;
-use crate::storage::{read_plan, write_plan, JobLayout, PlanFileError, StorageError};
-use crate::JobId;
+use crate::config::{EncodeSettings, RunSettings};
+use crate::coord::{Coordinator, LocalCoordinator};
+use crate::egress::EgressPolicy;
+use crate::ffmpeg::RunError;
+use crate::metrics::Metrics;
+use crate::prepare::{prepare, PrepareError};
+use crate::source::{Source, SourceError};
+use crate::storage::{JobLayout, StorageError};
+use crate::worker::{
+    JobOptions, JobOutcome, JobRun, Worker, WorkerError, WorkerEvent, WorkerSettings,
+};
 use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::broadcast;
 
-/// Why a job could not be prepared.
+/// What one `segswarm transcode` run is asked to do.
+#[derive(Debug, Clone)]
+pub struct TranscodeConfig {
+    /// A local file or an `http(s)` URL.
+    pub input: String,
+    pub out_dir: PathBuf,
+    pub settings: EncodeSettings,
+    pub run: RunSettings,
+    /// Accept a source URL on a loopback, private or link-local address.
+    pub allow_private_urls: bool,
+}
+
+/// Why a transcode could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum PrepareError {
+pub enum TranscodeError {
     #[error(transparent)]
-    Probe(#[from] ProbeError),
-    #[error("planning {source_name}: {error}")]
-    Plan {
-        source_name: String,
-        error: PlanError,
-    },
+    Source(#[from] SourceError),
     #[error(transparent)]
-    PlanFile(#[from] PlanFileError),
+    Ffmpeg(#[from] RunError),
+    #[error("creating output folder: {0}")]
+    OutDir(StorageError),
     #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error("{dir} already holds a job for another source or other settings ({existing}); use an empty folder")]
-    OtherJob { dir: PathBuf, existing: String },
+    Prepare(#[from] PrepareError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
 }
 
-/// A prepared job: its plan, and whether it was read back from storage.
-pub struct Prepared {
-    pub plan: Plan,
-    pub resumed: bool,
+/// A running transcode.
+pub struct Transcode {
+    worker: Worker,
+    job: Arc<JobRun>,
+    resumed: bool,
 }
 
-/// Reads the job in `layout` if it is the same source and settings,
-/// otherwise probes and plans it and writes `job.json`.
-pub async fn prepare(
-    layout: &JobLayout,
-    source: Source,
-    settings: EncodeSettings,
-    new_id: JobId,
-) -> Result<Prepared, PrepareError> {
-    if let Some(plan) = read_plan(layout)? {
-        if plan.source == source && plan.settings == settings {
-            return Ok(Prepared {
-                plan,
-                resumed: true,
-            });
-        }
-        return Err(PrepareError::OtherJob {
-            dir: layout.dir().to_path_buf(),
-            existing: format!(
-                "source {}, ladder {}, {} s segments",
-                plan.source, plan.settings.ladder, plan.settings.segment_duration
-            ),
-        });
+impl Transcode {
+    /// Checks the source and ffmpeg, prepares the job (probe and plan, or
+    /// read `job.json` back to resume) and starts encoding. Returns the run
+    /// and its worker's events, subscribed before the first unit starts.
+    pub async fn start(
+        config: TranscodeConfig,
+    ) -> Result<(Transcode, broadcast::Receiver<WorkerEvent>), TranscodeError> {
+        let source = Source::parse(&config.input, None)?;
+        source
+            .check_egress(EgressPolicy::from_allow_private(config.allow_private_urls))
+            .await?;
+        crate::ffmpeg::check_installed().await?;
+        std::fs::create_dir_all(&config.out_dir).map_err(|e| {
+            TranscodeError::OutDir(StorageError::new("creating", &config.out_dir, e))
+        })?;
+        let layout = JobLayout::new(&config.out_dir);
+        let prepared = prepare(&layout, source, config.settings, uuid::Uuid::new_v4()).await?;
+        // Nobody else writes into this folder: leftovers of a killed run are
+        // safe to remove.
+        let _ = std::fs::remove_dir_all(layout.tmp_dir());
+        let coord: Arc<dyn Coordinator> = Arc::new(LocalCoordinator::new(config.run.claim_ttl));
+        let metrics = Arc::new(Metrics::new()?);
+        let worker = Worker::start(WorkerSettings::new("local", config.run), coord, metrics);
+        let events = worker.subscribe();
+        let job = worker
+            .add_job(Arc::new(prepared.plan), layout, JobOptions::default())
+            .await?;
+        let transcode = Transcode {
+            worker,
+            job,
+            resumed: prepared.resumed,
+        };
+        Ok((transcode, events))
     }
-    let info = probe(&source).await?;
-    let source_name = source.to_string();
-    let plan = Plan::new(new_id, source, settings, &info)
-        .map_err(|error| PrepareError::Plan { source_name, error })?;
-    layout.create_dirs(&plan)?;
-    write_plan(layout, &plan)?;
-    Ok(Prepared {
-        plan,
-        resumed: false,
-    })
+
+    /// The job: plan, progress, units skipped on resume.
+    pub fn job(&self) -> &JobRun {
+        &self.job
+    }
+
+    /// Whether an earlier run's `job.json` was picked up.
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// The master playlist's path.
+    pub fn master_playlist(&self) -> PathBuf {
+        self.job.layout.master_playlist()
+    }
+
+    /// Waits for the job to end.
+    pub async fn wait(&self) -> JobOutcome {
+        self.job.wait().await
+    }
+
+    /// Stops: kills ffmpeg, gives claims back, waits for the slots. After an
+    /// interruption, running the same command again resumes.
+    pub async fn stop(&self) {
+        self.worker.shutdown().await;
+        // Nothing is in progress any more; an empty .tmp/ is just clutter
+        // (one that still holds files is left for the next run to clear).
+        let _ = std::fs::remove_dir(self.job.layout.tmp_dir());
+    }
 }

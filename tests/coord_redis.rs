@@ -8,21 +8,23 @@
 mod common;
 
 use common::RedisServer;
-use segswarm::coord::{
-    ClaimOutcome, Completion, CoordError, Coordinator, Lease, Mode, RedisCoordinator,
+use segswarm::coordination::{
+    ClaimOutcome, Completion, CoordError, Coordinator, Lease, Metrics, Mode, RedisCoordinator,
     RedisSettings, WaitOutcome,
 };
-use segswarm::metrics::Metrics;
-use segswarm::plan::Unit;
+use segswarm::pipeline::Unit;
+use segswarm::settings::ClaimTtl;
 use segswarm::JobId;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn pod(server: &RedisServer, claim_ttl: Duration) -> (RedisCoordinator, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new().expect("metrics"));
-    let mut settings = RedisSettings::new(server.url(), claim_ttl);
+    let mut settings = RedisSettings::new(server.url());
     settings.op_timeout = Duration::from_secs(1);
-    let coord = RedisCoordinator::new(settings, metrics.clone()).expect("coordinator");
+    let ttl = ClaimTtl::from_millis(claim_ttl.as_millis() as u64);
+    assert_eq!(ttl.get(), claim_ttl, "tests use TTLs the pod accepts");
+    let coord = RedisCoordinator::new(&settings, ttl, metrics.clone()).expect("coordinator");
     (coord, metrics)
 }
 
@@ -198,7 +200,7 @@ async fn renew_extends_a_lease_and_fails_with_a_stale_token() {
     ));
 
     let stale = Lease {
-        token: segswarm::coord::new_token(),
+        token: segswarm::coordination::new_token(),
         ..lease.clone()
     };
     assert!(
@@ -604,7 +606,7 @@ async fn waiter_rechecks_when_notices_may_have_been_lost() {
     notices_ready(&b).await;
     let job = JobId::new_v4();
     let key = claim_key(job, &segment(0));
-    let holder = format!("{} pod-a", segswarm::coord::new_token());
+    let holder = format!("{} pod-a", segswarm::coordination::new_token());
 
     // A claim with a long TTL, so only a notice or a re-check can end the
     // wait early.
@@ -666,7 +668,8 @@ async fn rediss_client() {
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     let coord = Arc::new(
         RedisCoordinator::new(
-            RedisSettings::new(url.clone(), Duration::from_secs(30)),
+            &RedisSettings::new(url.clone()),
+            ClaimTtl::default(),
             metrics,
         )
         .expect("coordinator"),
@@ -683,7 +686,7 @@ async fn rediss_client() {
     // A wrong password is an error, not a panic, and hides the password.
     let wrong = url.replace(":s3cret@", ":wrong@");
     let metrics = Arc::new(Metrics::new().expect("metrics"));
-    let bad = RedisCoordinator::new(RedisSettings::new(wrong, Duration::from_secs(30)), metrics)
+    let bad = RedisCoordinator::new(&RedisSettings::new(wrong), ClaimTtl::default(), metrics)
         .expect("coordinator");
     match bad.claim(job, &[segment(1)], "pod-a").await {
         Err(CoordError::Unavailable(message)) => {

@@ -47,7 +47,7 @@ impl FallbackCoordinator {
     /// Wraps `redis`; starts in distributed mode and probes in the
     /// background whenever it had to fall back. Must run inside Tokio.
     pub fn new(redis: RedisCoordinator, metrics: Arc<Metrics>) -> Self {
-        let local = LocalCoordinator::new(redis.claim_ttl());
+        let local = LocalCoordinator::new(redis.ttl());
         let shared = Arc::new(Shared {
             redis,
             local,

@@ -6,6 +6,7 @@
 use super::{
     new_token, ClaimOutcome, Completion, CoordError, Coordinator, Lease, Mode, WaitOutcome,
 };
+use crate::config::ClaimTtl;
 use crate::plan::Unit;
 use crate::JobId;
 use async_trait::async_trait;
@@ -37,7 +38,8 @@ pub struct LocalCoordinator {
 }
 
 impl LocalCoordinator {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: ClaimTtl) -> Self {
+        let ttl = ttl.get();
         let (notices, _) = broadcast::channel(1024);
         LocalCoordinator {
             ttl,
@@ -238,7 +240,7 @@ mod tests {
 
     #[tokio::test]
     async fn claim_hold_complete() {
-        let coord = LocalCoordinator::new(Duration::from_secs(30));
+        let coord = LocalCoordinator::new(ClaimTtl::default());
         let job = JobId::new_v4();
         let first = coord.claim(job, &[unit(0), unit(1)], "a").await.unwrap();
         let ClaimOutcome::Won { lease, takeover } = &first[0] else {
@@ -254,13 +256,13 @@ mod tests {
 
     #[tokio::test]
     async fn stale_release_keeps_newer_claim() {
-        let coord = LocalCoordinator::new(Duration::from_millis(20));
+        let coord = LocalCoordinator::new(ClaimTtl::from_millis(100));
         let job = JobId::new_v4();
         let old = match &coord.claim(job, &[unit(0)], "a").await.unwrap()[0] {
             ClaimOutcome::Won { lease, .. } => lease.clone(),
             other => panic!("{other:?}"),
         };
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
         let newer = coord.claim(job, &[unit(0)], "b").await.unwrap();
         assert!(matches!(
             &newer[0],
@@ -274,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiter_wakes_on_completion() {
-        let coord = std::sync::Arc::new(LocalCoordinator::new(Duration::from_secs(30)));
+        let coord = std::sync::Arc::new(LocalCoordinator::new(ClaimTtl::default()));
         let job = JobId::new_v4();
         let lease = match &coord.claim(job, &[unit(0)], "a").await.unwrap()[0] {
             ClaimOutcome::Won { lease, .. } => lease.clone(),

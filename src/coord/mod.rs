@@ -15,7 +15,7 @@ use crate::JobId;
 use async_trait::async_trait;
 use std::time::Duration;
 
-pub use self::redis::{RedisCoordinator, RedisSettings, RedisSetupError};
+pub use self::redis::RedisCoordinator;
 pub use fallback::FallbackCoordinator;
 pub use local::LocalCoordinator;
 

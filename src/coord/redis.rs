@@ -1,18 +1,11 @@
 //! Distributed coordination through Redis: claims, leases and completion
 //! notices shared by every pod of a cluster.
 //!
-//! Owns the key layout and the Lua scripts of the protocol in DESIGN.md
-//! ("Coordination protocol"). Every key of a job carries the hash tag
-//! `{<job-id>}`, so each script touches one slot and runs unchanged on Redis
-//! Cluster:
-//!
-//! | key                               | holds                                          |
-//! |-----------------------------------|------------------------------------------------|
-//! | `segswarm:{<job>}:claim:<unit>`   | `<token> <worker_id>`, PX = claim TTL          |
-//! | `segswarm:{<job>}:done`           | set of done unit names                         |
-//! | `segswarm:{<job>}:claimed`        | set of units claimed and not given back        |
-//! | `segswarm:{<job>}:attempts`       | hash unit → failed attempts                    |
-//! | channel `segswarm:{<job>}:units`  | `done <unit>` / `free <unit>` notices          |
+//! Owns the Lua scripts of the protocol in DESIGN.md ("Coordination
+//! protocol") and the calls that run them; the key names are in
+//! [`crate::redis_link::keys`] (every key of a job carries the hash tag
+//! `{<job-id>}`, so each script touches one slot and runs unchanged on
+//! Redis Cluster).
 //!
 //! Each operation is one script, so a claim, a compare-and-renew or a
 //! compare-and-delete is atomic however many pods race. Scripts are sent by
@@ -31,12 +24,15 @@ mod scripts;
 use super::{
     new_token, ClaimOutcome, Completion, CoordError, Coordinator, Lease, Mode, WaitOutcome,
 };
+use crate::config::ClaimTtl;
 use crate::metrics::Metrics;
 use crate::plan::Unit;
+use crate::redis_link::keys::JobKeys;
+use crate::redis_link::{RedisSettings, RedisSetupError};
 use crate::JobId;
 use ::redis::{FromRedisValue, RedisError, ScriptInvocation};
 use async_trait::async_trait;
-use deadpool_redis::{Manager, Pool, Runtime};
+use deadpool_redis::Pool;
 use notices::{Notices, PubSubListener};
 use scripts::Scripts;
 use std::sync::Arc;
@@ -55,49 +51,6 @@ const FORGET_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 /// When a claim key has no expiry (never written by us), how soon a waiter
 /// looks again.
 const NO_EXPIRY_RECHECK: Duration = Duration::from_secs(1);
-
-/// How a [`RedisCoordinator`] connects and how long its claims live. Plain
-/// values: nothing here opens a connection.
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS).
-    pub url: String,
-    /// How long a claim lives without renewal.
-    pub claim_ttl: Duration,
-    /// Connections in the command pool (pub/sub has its own).
-    pub pool_size: usize,
-    /// Longest time one operation may take, connecting included, before it
-    /// fails as unavailable.
-    pub op_timeout: Duration,
-}
-
-impl RedisSettings {
-    /// Settings with a pool of 16 connections and a 3 s operation timeout.
-    pub fn new(url: impl Into<String>, claim_ttl: Duration) -> Self {
-        RedisSettings {
-            url: url.into(),
-            claim_ttl,
-            pool_size: 16,
-            op_timeout: Duration::from_secs(3),
-        }
-    }
-}
-
-/// Why a [`RedisCoordinator`] could not be set up (before any network I/O).
-#[derive(Debug, thiserror::Error)]
-pub enum RedisSetupError {
-    #[error("invalid Redis URL {url}: {source}")]
-    Url { url: String, source: RedisError },
-    #[error("creating the Redis connection pool for {url}: {source}")]
-    Pool {
-        url: String,
-        source: deadpool_redis::BuildError,
-    },
-    #[error("the claim TTL must be at least 1 ms")]
-    ClaimTtl,
-    #[error("the Redis coordinator must be created inside a Tokio runtime")]
-    NoRuntime,
-}
 
 /// What went wrong in one Redis round trip, before the operation adds its
 /// context.
@@ -131,41 +84,6 @@ impl OpError {
     }
 }
 
-/// Names of one job's keys and channel; the only place that spells them, so
-/// no key can miss the job's hash tag.
-struct JobKeys {
-    /// `segswarm:{<job>}`
-    prefix: String,
-}
-
-impl JobKeys {
-    fn new(job: JobId) -> Self {
-        JobKeys {
-            prefix: format!("segswarm:{{{job}}}"),
-        }
-    }
-
-    fn claim(&self, unit: &Unit) -> String {
-        format!("{}:claim:{unit}", self.prefix)
-    }
-
-    fn done(&self) -> String {
-        format!("{}:done", self.prefix)
-    }
-
-    fn claimed(&self) -> String {
-        format!("{}:claimed", self.prefix)
-    }
-
-    fn attempts(&self) -> String {
-        format!("{}:attempts", self.prefix)
-    }
-
-    fn channel(&self) -> String {
-        format!("{}:units", self.prefix)
-    }
-}
-
 /// What a waiter found when it looked at a unit.
 enum Peek {
     Done,
@@ -181,7 +99,7 @@ enum Peek {
 /// delete or extend a claim whose token is not the caller's.
 pub struct RedisCoordinator {
     pool: Pool,
-    claim_ttl: Duration,
+    claim_ttl: ClaimTtl,
     op_timeout: Duration,
     scripts: Scripts,
     notices: Notices,
@@ -194,49 +112,32 @@ impl RedisCoordinator {
     /// to answer yet: operations fail with [`CoordError::Unavailable`] until
     /// it does, and the listener keeps retrying. Must be called inside a
     /// Tokio runtime.
-    pub fn new(settings: RedisSettings, metrics: Arc<Metrics>) -> Result<Self, RedisSetupError> {
-        let url = redact(&settings.url);
-        if settings.claim_ttl < Duration::from_millis(1) {
-            return Err(RedisSetupError::ClaimTtl);
-        }
+    pub fn new(
+        settings: &RedisSettings,
+        claim_ttl: ClaimTtl,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RedisSetupError> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| RedisSetupError::NoRuntime)?;
-        let client = ::redis::Client::open(settings.url.as_str()).map_err(|source| {
-            RedisSetupError::Url {
-                url: url.clone(),
-                source,
-            }
-        })?;
-        let connection = ::redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(settings.op_timeout))
-            .set_response_timeout(Some(settings.op_timeout));
-        let manager =
-            Manager::new_with_config(settings.url.as_str(), connection).map_err(|source| {
-                RedisSetupError::Url {
-                    url: url.clone(),
-                    source,
-                }
-            })?;
-        let pool = Pool::builder(manager)
-            .max_size(settings.pool_size.max(1))
-            .wait_timeout(Some(settings.op_timeout))
-            .create_timeout(Some(settings.op_timeout))
-            .recycle_timeout(Some(settings.op_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|source| RedisSetupError::Pool { url, source })?;
+        let client = settings.client()?;
+        let pool = settings.pool()?;
         let (notices, listener) = PubSubListener::new(client, metrics.clone());
         let stop = tokio_util::sync::CancellationToken::new();
         runtime.spawn(listener.run(stop.clone()));
         Ok(RedisCoordinator {
             pool,
-            claim_ttl: settings.claim_ttl,
+            claim_ttl,
             op_timeout: settings.op_timeout,
             scripts: Scripts::new(),
             notices,
             metrics,
             _listener: stop.drop_guard(),
         })
+    }
+
+    /// The claim TTL this coordinator was made with.
+    pub fn ttl(&self) -> ClaimTtl {
+        self.claim_ttl
     }
 
     /// One round trip to Redis, for health checks and fallback probes.
@@ -311,25 +212,6 @@ impl RedisCoordinator {
     }
 }
 
-/// Replaces the password of a URL with `***` for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 fn unavailable(context: String, err: OpError) -> CoordError {
     CoordError::Unavailable(format!("redis {context}: {err}"))
 }
@@ -392,7 +274,7 @@ impl Coordinator for RedisCoordinator {
     }
 
     fn claim_ttl(&self) -> Duration {
-        self.claim_ttl
+        self.claim_ttl.get()
     }
 
     async fn claim(
@@ -410,7 +292,7 @@ impl Coordinator for RedisCoordinator {
         invocation
             .key(keys.done())
             .key(keys.claimed())
-            .arg(self.claim_ttl.as_millis().max(1) as u64)
+            .arg(self.claim_ttl.get().as_millis() as u64)
             .arg(worker_id);
         for (unit, token) in units.iter().zip(&tokens) {
             invocation
@@ -464,7 +346,7 @@ impl Coordinator for RedisCoordinator {
                     .renew
                     .key(keys.claim(&lease.unit))
                     .arg(&lease.token)
-                    .arg(self.claim_ttl.as_millis().max(1) as u64),
+                    .arg(self.claim_ttl.get().as_millis() as u64),
             )
             .await;
         let renewals = &self.metrics.lease_renewals;
@@ -496,7 +378,7 @@ impl Coordinator for RedisCoordinator {
                     .key(keys.claim(&lease.unit))
                     .arg(lease.unit.to_string())
                     .arg(&lease.token)
-                    .arg(keys.channel()),
+                    .arg(keys.units_channel()),
             )
             .await
             .map_err(|err| {
@@ -524,7 +406,7 @@ impl Coordinator for RedisCoordinator {
                     .arg(lease.unit.to_string())
                     .arg(&lease.token)
                     .arg(if failed { "1" } else { "0" })
-                    .arg(keys.channel()),
+                    .arg(keys.units_channel()),
             )
             .await
             .map_err(|err| {
@@ -544,7 +426,7 @@ impl Coordinator for RedisCoordinator {
                     .mark_done
                     .key(keys.done())
                     .arg(unit.to_string())
-                    .arg(keys.channel()),
+                    .arg(keys.units_channel()),
             )
             .await
             .map_err(|err| unavailable(format!("mark_done of job {job} unit {unit}"), err))?;
@@ -624,7 +506,7 @@ impl Coordinator for RedisCoordinator {
     /// <worker_id>`). A key that expired between the two steps is skipped.
     async fn holders(&self, job: JobId) -> Result<Vec<(String, String)>, CoordError> {
         let keys = JobKeys::new(job);
-        let claim_prefix = format!("{}:claim:", keys.prefix);
+        let claim_prefix = keys.claim_prefix();
         let pattern = format!("{claim_prefix}*");
         let fut = async {
             let mut conn = self.pool.get().await?;
@@ -664,44 +546,5 @@ impl Coordinator for RedisCoordinator {
         self.bounded(fut)
             .await
             .map_err(|err| unavailable(format!("holders of job {job}"), err))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_share_the_job_hash_tag() {
-        let job = JobId::new_v4();
-        let keys = JobKeys::new(job);
-        let unit = Unit::Video {
-            rendition: "240p".into(),
-            index: 3,
-        };
-        let tag = format!("{{{job}}}");
-        for key in [
-            keys.claim(&unit),
-            keys.done(),
-            keys.claimed(),
-            keys.attempts(),
-            keys.channel(),
-        ] {
-            assert!(key.starts_with(&format!("segswarm:{tag}:")), "{key}");
-        }
-        assert_eq!(
-            keys.claim(&unit),
-            format!("segswarm:{tag}:claim:video/240p/3")
-        );
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("redis://:secret@host:6379/0"),
-            "redis://:***@host:6379/0"
-        );
-        assert_eq!(redact("rediss://me:secret@host"), "rediss://me:***@host");
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
     }
 }

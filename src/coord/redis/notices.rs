@@ -1,7 +1,7 @@
 //! The pod's one pub/sub connection: unit notices (`done <unit>`,
 //! `free <unit>`) fanned out to every waiter of this pod.
 //!
-//! It pattern-subscribes once to `segswarm:{*}:units` rather than to each
+//! It pattern-subscribes once to every job's unit channel rather than to each
 //! job's channel as waiters come and go: one subscription that never changes
 //! has no subscribe/unsubscribe races between waiters of the same job, needs
 //! no reference counting, and is re-established by a single command after a
@@ -19,6 +19,7 @@
 use crate::coord::UnitNotice;
 use crate::metrics::Metrics;
 use crate::plan::Unit;
+use crate::redis_link::keys;
 use crate::JobId;
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -26,8 +27,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-/// The pattern of every job's unit channel.
-const PATTERN: &str = "segswarm:{*}:units";
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long connecting and subscribing may take.
@@ -221,7 +220,7 @@ impl PubSubListener {
 
     async fn subscribe(&self) -> Result<::redis::aio::PubSub, ::redis::RedisError> {
         let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.psubscribe(PATTERN).await?;
+        pubsub.psubscribe(keys::UNITS_PATTERN).await?;
         Ok(pubsub)
     }
 
@@ -251,12 +250,7 @@ impl PubSubListener {
     }
 
     fn forward(&self, message: &::redis::Msg) {
-        let Some(job) = message
-            .get_channel_name()
-            .strip_prefix("segswarm:{")
-            .and_then(|rest| rest.strip_suffix("}:units"))
-            .and_then(|job| job.parse::<JobId>().ok())
-        else {
+        let Some(job) = keys::job_of_units_channel(message.get_channel_name()) else {
             return;
         };
         let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {

@@ -1,9 +1,51 @@
 //! `segswarm submit` and `segswarm status`: small clients of a pod's API.
 
-use crate::cli::{ServerArgs, StatusArgs, SubmitArgs};
 use anyhow::Context;
+use clap::Args;
 use futures_util::StreamExt;
 use std::process::ExitCode;
+
+/// Where the pod's API is and how to authenticate.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Base URL of a pod.
+    #[arg(long, env = "SEGSWARM_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Bearer token, when the pod requires one.
+    #[arg(long, env = "SEGSWARM_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// Source path (under the pod's SEGSWARM_SOURCE_ROOTS) or http(s) URL.
+    pub source: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Ladder, e.g. `240p,360p,720p`.
+    #[arg(long)]
+    pub ladder: Option<String>,
+    #[arg(long)]
+    pub segment_duration: Option<u32>,
+    #[arg(long)]
+    pub priority: Option<i32>,
+    /// `ingest` (encode everything now) or `on_demand`.
+    #[arg(long)]
+    pub mode: Option<String>,
+    #[arg(long)]
+    pub callback_url: Option<String>,
+    /// Follow the job's events until it ends.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Job id.
+    pub job: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
 
 fn request(
     client: &reqwest::Client,

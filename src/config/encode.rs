@@ -1,11 +1,11 @@
-//! The knobs a user turns: encoding settings, the rendition ladder and the
-//! pod's configuration.
+//! What a job asks of the encoder: the rendition ladder, the segment
+//! duration, the x264 preset.
 //!
-//! Owns parsing and validation of `--ladder`, `--segment-duration` and
-//! `--preset`, and the plain [`PodConfig`] the binary fills from flags and
-//! environment variables. It knows nothing about sources; filtering the
-//! ladder to a source is the planner's job.
+//! Owns parsing and validation of `--ladder` (and the API's ladder),
+//! `--segment-duration` and `--preset`. It knows nothing about sources;
+//! filtering the ladder to a source is the planner's job.
 
+use super::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -36,27 +36,6 @@ pub const PRESETS: &[&str] = &[
     "slower",
     "veryslow",
 ];
-
-/// Errors in user-supplied settings.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ConfigError {
-    #[error(
-        "invalid rung {0:?}: expected <height>p or <height>p:<bitrate> (e.g. 360p or 360p:900k)"
-    )]
-    BadRung(String),
-    #[error("rung height {0} is out of range (64..=4320)")]
-    RungHeight(u32),
-    #[error("the ladder is empty")]
-    EmptyLadder,
-    #[error("the ladder has {0} rungs; at most {MAX_RUNGS} are allowed")]
-    TooManyRungs(usize),
-    #[error("the ladder lists {0} twice")]
-    DuplicateRung(String),
-    #[error("segment duration {0} s is out of range (2..=10 s)")]
-    SegmentDuration(u32),
-    #[error("unknown x264 preset {0:?} (one of: {list})", list = PRESETS.join(", "))]
-    Preset(String),
-}
 
 /// One rung of the ladder: a target short-side height and a video bitrate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,50 +209,6 @@ impl Default for EncodeSettings {
             audio_bitrate: 128_000,
         }
     }
-}
-
-/// Everything a pod (`segswarm serve`) is configured with. Filled by the
-/// binary from flags and `SEGSWARM_*` environment variables; documented in
-/// `docs/configuration.md`.
-#[derive(Debug, Clone)]
-pub struct PodConfig {
-    pub listen: std::net::SocketAddr,
-    pub storage_dir: std::path::PathBuf,
-    pub worker_id: String,
-    pub slots: usize,
-    /// Slots that claim only while the CPU has idle time.
-    pub spare_slots: usize,
-    pub claim_ttl: std::time::Duration,
-    pub max_attempts: u32,
-    pub retry_backoff: std::time::Duration,
-    pub stall_timeout: std::time::Duration,
-    pub shutdown_grace: std::time::Duration,
-    /// Bearer token required on `/v1/*` when set.
-    pub api_token: Option<String>,
-    /// HMAC-SHA256 key for webhook signatures when set.
-    pub webhook_secret: Option<String>,
-    /// Local sources must lie under one of these (none = local paths refused).
-    pub source_roots: Vec<std::path::PathBuf>,
-    /// Source and callback URLs may point at loopback, private and
-    /// link-local addresses (otherwise they are refused; see
-    /// [`crate::egress`]).
-    pub allow_private_urls: bool,
-    pub watch_dir: Option<std::path::PathBuf>,
-    /// Poll the watch folder instead of using inotify (needed on NFS).
-    pub watch_poll: bool,
-    /// How long a watched file must stop growing before it becomes a job.
-    pub watch_settle: std::time::Duration,
-    /// Settings of jobs that do not say otherwise.
-    pub defaults: EncodeSettings,
-    /// Segments prefetched after an on-demand request.
-    pub prefetch_segments: usize,
-    /// How long an HTTP request for a missing segment may wait for it.
-    pub segment_wait: std::time::Duration,
-    /// Redis for coordination with other pods; `None` = local mode.
-    pub redis_url: Option<String>,
-    /// Keep working with local claims while Redis is unreachable.
-    pub fallback_to_local: bool,
-    pub redis_pool_size: usize,
 }
 
 #[cfg(test)]

@@ -1,0 +1,146 @@
+//! Encoding: the one place that builds ffmpeg arguments ([`args`]), and the
+//! checks an output must pass before it may be published ([`verify`]).
+//!
+//! A [`Batch`] is what one ffmpeg process produces: one segment of one or
+//! more video renditions (decode once, split, scale and encode each), or a
+//! whole audio rendition, or the thumbnail. Outputs go to in-progress paths
+//! given by the caller; this module never renames anything into place and
+//! never writes to the source.
+
+mod args;
+mod verify;
+
+pub use verify::video_codec_string;
+
+use crate::ffmpeg::{run_ffmpeg, RunControl, RunError};
+use crate::plan::{Plan, Rendition, Segment};
+use crate::storage::AudioWorkDir;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// Why an encode did not produce a publishable output.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("encoding {what}: {error}")]
+    Run { what: String, error: RunError },
+    #[error("encoding {what}: output {path} failed verification: {reason}")]
+    Verify {
+        what: String,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+impl EncodeError {
+    /// True when the run was stopped on purpose (cancel, shutdown, lost
+    /// lease): not the unit's fault.
+    pub fn is_canceled(&self) -> bool {
+        matches!(self, EncodeError::Run { error, .. } if error.is_canceled())
+    }
+}
+
+/// One video output of a batch: a rendition and where its segment goes.
+#[derive(Debug, Clone)]
+pub struct VideoOutput {
+    pub rendition: Rendition,
+    pub tmp_path: PathBuf,
+}
+
+/// What one ffmpeg process produces.
+#[derive(Debug, Clone)]
+pub enum Batch {
+    /// Segment `segment` of every listed rendition.
+    Video {
+        segment: Segment,
+        outputs: Vec<VideoOutput>,
+    },
+    /// A whole audio rendition: a playlist and its segments in `work`.
+    Audio { track: usize, work: AudioWorkDir },
+    /// The thumbnail image.
+    Thumbnail { tmp_path: PathBuf },
+}
+
+impl Batch {
+    /// Human-readable name for errors and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Batch::Video { segment, outputs } => {
+                let names: Vec<&str> = outputs.iter().map(|o| o.rendition.name.as_str()).collect();
+                format!("segment {} of {}", segment.index, names.join(","))
+            }
+            Batch::Audio { track, .. } => format!("audio track {track}"),
+            Batch::Thumbnail { .. } => "thumbnail".to_string(),
+        }
+    }
+
+    /// CPU priority of this batch's ffmpeg: the thumbnail is never what a
+    /// player waits for, so it only takes CPU that the segments and audio
+    /// leave (on a 2-core pod it used to slow a new job's first segment).
+    pub fn niceness(&self) -> i32 {
+        match self {
+            Batch::Thumbnail { .. } => 10,
+            Batch::Video { .. } | Batch::Audio { .. } => 0,
+        }
+    }
+
+    /// The ffmpeg arguments for this batch (without `-progress`).
+    pub fn ffmpeg_args(&self, plan: &Plan) -> Vec<OsString> {
+        args::ffmpeg_args(self, plan)
+    }
+
+    /// Runs ffmpeg for this batch, then verifies every output.
+    pub async fn run(&self, plan: &Plan, control: RunControl) -> Result<(), EncodeError> {
+        let what = self.describe();
+        run_ffmpeg(self.ffmpeg_args(plan), self.niceness(), control)
+            .await
+            .map_err(|error| EncodeError::Run {
+                what: what.clone(),
+                error,
+            })?;
+        self.verify(plan).await
+    }
+
+    /// Checks the outputs: a truncated or empty output is a failed attempt,
+    /// never a done unit.
+    pub async fn verify(&self, plan: &Plan) -> Result<(), EncodeError> {
+        let failed = |path: PathBuf, reason: String| EncodeError::Verify {
+            what: self.describe(),
+            path,
+            reason,
+        };
+        match self {
+            Batch::Video { segment, outputs } => {
+                for output in outputs {
+                    verify::segment(&output.tmp_path, segment.frames, &output.rendition)
+                        .await
+                        .map_err(|reason| failed(output.tmp_path.clone(), reason))?;
+                }
+                Ok(())
+            }
+            Batch::Audio { work, .. } => verify::audio(work)
+                .await
+                .map_err(|reason| failed(work.playlist(), reason)),
+            Batch::Thumbnail { tmp_path } => verify::image(tmp_path, plan.thumbnail.width)
+                .await
+                .map_err(|reason| failed(tmp_path.clone(), reason)),
+        }
+    }
+
+    /// Removes this batch's in-progress files (after a failed or abandoned
+    /// attempt).
+    pub fn remove_outputs(&self) {
+        match self {
+            Batch::Video { outputs, .. } => {
+                for output in outputs {
+                    let _ = std::fs::remove_file(&output.tmp_path);
+                }
+            }
+            Batch::Audio { work, .. } => {
+                let _ = std::fs::remove_dir_all(work.path());
+            }
+            Batch::Thumbnail { tmp_path } => {
+                let _ = std::fs::remove_file(tmp_path);
+            }
+        }
+    }
+}
