@@ -35,8 +35,6 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Show a job's status.
     Status(StatusArgs),
-    /// Measure coordination, scale-out, hand-off and memory (docs/benchmarks.md).
-    Bench(segswarm::bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -218,10 +216,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args).await,
         Command::Submit(args) => crate::client::submit(args).await,
         Command::Status(args) => crate::client::status(args).await,
-        Command::Bench(args) => {
-            segswarm::bench::run(args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
     }
 }
 

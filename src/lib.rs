@@ -7,7 +7,6 @@
 //! the worker or the binary.
 
 pub mod api;
-pub mod bench;
 pub mod config;
 pub mod coord;
 pub mod cpu;
