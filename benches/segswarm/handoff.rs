@@ -12,9 +12,12 @@ use crate::report::{ms, Report};
 use crate::shared_redis::{RedisArgs, SharedRedis};
 use anyhow::{anyhow, bail, ensure};
 use clap::Args;
-use segswarm::coord::{ClaimOutcome, Coordinator, Lease, WaitOutcome};
-use segswarm::plan::Unit;
-use segswarm::JobId;
+// Everything this file uses from the library.
+use segswarm::{
+    coord::{ClaimOutcome, Coordinator, Lease, WaitOutcome},
+    plan::Unit,
+    JobId,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -8,13 +8,16 @@ use crate::real_pod;
 use crate::report::Report;
 use anyhow::{bail, Context};
 use clap::Args;
-use segswarm::config::EncodeSettings;
-use segswarm::encode::{Batch, VideoOutput};
-use segswarm::ffmpeg::RunControl;
-use segswarm::plan::Plan;
-use segswarm::probe::probe;
-use segswarm::source::Source;
-use segswarm::JobId;
+// Everything this file uses from the library.
+use segswarm::{
+    config::EncodeSettings,
+    encode::{Batch, VideoOutput},
+    ffmpeg::RunControl,
+    plan::Plan,
+    probe::probe,
+    source::Source,
+    JobId,
+};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 

@@ -4,8 +4,11 @@
 
 use crate::common::redis::{info, RedisServer};
 use clap::Args;
-use segswarm::coord::{RedisCoordinator, RedisSettings};
-use segswarm::metrics::Metrics;
+// Everything this file uses from the library.
+use segswarm::{
+    coord::{RedisCoordinator, RedisSettings},
+    metrics::Metrics,
+};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -8,9 +8,12 @@
 use crate::common::stats::Latencies;
 use crate::shared_redis::SharedRedis;
 use anyhow::ensure;
-use segswarm::coord::{ClaimOutcome, Coordinator, Lease, RedisCoordinator};
-use segswarm::plan::Unit;
-use segswarm::JobId;
+// Everything this file uses from the library.
+use segswarm::{
+    coord::{ClaimOutcome, Coordinator, Lease, RedisCoordinator},
+    plan::Unit,
+    JobId,
+};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
