@@ -3,7 +3,9 @@
 //! (a gap between segments, a segment not starting with a keyframe, a dropped
 //! frame, a playlist without ENDLIST, audio that does not line up). Without
 //! these, a validator that accepts everything would make every other test
-//! pass.
+//! pass. Also proves the arithmetic of `common::stats` that the figures of
+//! docs/reliability.md and docs/benchmarks.md rest on (nearest-rank
+//! percentiles, min/median/max over repeats).
 
 mod common;
 
@@ -11,8 +13,10 @@ use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::media::run_checked;
+use common::stats::{min_median_max, Latencies};
 use common::{gen_clip, validate_hls, ClipSpec, TestDir};
 
 const SEGMENT: u32 = 2;
@@ -390,4 +394,25 @@ fn accepts_correct_packages_for_every_source_kind() {
             report.video_span
         );
     }
+}
+
+#[test]
+fn percentiles_use_the_nearest_rank() {
+    // 1..=100 ms, measured by two tasks and merged.
+    let (mut all, mut second_half) = (Latencies::default(), Latencies::default());
+    for ms in 1..=100 {
+        let task = if ms <= 50 { &mut all } else { &mut second_half };
+        task.push(Duration::from_millis(ms));
+    }
+    all.merge(second_half);
+    let ms = |p: f64| all.percentile(p).as_millis();
+    assert_eq!((ms(50.0), ms(99.0), ms(100.0)), (50, 99, 100));
+    assert_eq!(all.max().as_millis(), 100);
+    assert_eq!(Latencies::default().percentile(50.0), Duration::ZERO);
+}
+
+#[test]
+fn repeats_summarise_as_min_median_max() {
+    assert_eq!(min_median_max(&[3.0, 1.0, 2.0]), (1.0, 2.0, 3.0));
+    assert_eq!(min_median_max(&[4.0, 1.0]), (1.0, 2.5, 4.0));
 }

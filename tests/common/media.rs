@@ -30,6 +30,9 @@ pub struct ClipSpec {
     pub hevc_10bit: bool,
     /// Add temporal noise so that encoding takes longer (resume tests).
     pub noisy: bool,
+    /// Frames from one keyframe to the next (`-g`): 30, or 250 (x264's own
+    /// default, as in a file nobody tuned) for the benches.
+    pub keyframe_interval: u32,
 }
 
 /// Languages given to the audio tracks, in order.
@@ -49,6 +52,7 @@ impl ClipSpec {
             start_time: None,
             hevc_10bit: false,
             noisy: false,
+            keyframe_interval: 30,
         }
     }
     pub fn size(mut self, width: u32, height: u32) -> Self {
@@ -83,6 +87,10 @@ impl ClipSpec {
     }
     pub fn noisy(mut self) -> Self {
         self.noisy = true;
+        self
+    }
+    pub fn keyframe_interval(mut self, frames: u32) -> Self {
+        self.keyframe_interval = frames;
         self
     }
 }
@@ -208,7 +216,7 @@ pub fn gen_clip(path: &Path, spec: &ClipSpec) {
             pix_fmt,
         ]);
     }
-    cmd.args(["-g", "30"]);
+    cmd.arg("-g").arg(spec.keyframe_interval.to_string());
     if spec.audio_tracks > 0 {
         cmd.args(["-c:a", "aac", "-b:a", "96k"]);
         for (track, language) in AUDIO_LANGUAGES.iter().take(spec.audio_tracks).enumerate() {

@@ -6,12 +6,14 @@
 //! - [`hls`]: validate an HLS output folder end to end (playlists, IDR first,
 //!   no gaps, duration to the frame, decodes cleanly).
 //! - [`process`]: the binary under test, scratch directories, running
-//!   `segswarm transcode`, and finding leftover ffmpeg processes.
+//!   `segswarm transcode`, finding leftover ffmpeg processes, and a
+//!   process's RSS and CPU time.
 //! - [`pod`]: `segswarm serve` on a free port ([`pod::Pod`]), SSE and
 //!   metrics parsing, raw HTTP requests and an `ffmpeg` wrapper for fault
 //!   injection.
 //! - [`redis`]: a real `redis-server` on a free loopback port
-//!   ([`redis::RedisServer`]), stoppable and restartable on the same port.
+//!   ([`redis::RedisServer`]), stoppable and restartable on the same port,
+//!   and `INFO` of any Redis ([`redis::info`]).
 //! - [`browser`]: headless Chromium through the node scripts in
 //!   `tests/browser/` (pinned hls.js and playwright-core).
 //! - [`cluster`]: several pods sharing one Redis and one storage folder
@@ -21,10 +23,11 @@
 //! - [`integrity`]: a thread that checks every file of a job folder is
 //!   whole while the folder is written ([`integrity::FolderWatch`]).
 //! - [`stats`]: latency percentiles for `FIGURE:` lines
-//!   ([`stats::Latencies`]).
+//!   ([`stats::Latencies`]) and min/median/max over repeated runs.
 //!
 //! Each test binary compiles this module on its own and uses only part of it,
-//! hence the module-level `dead_code` and `unused_imports` allowances.
+//! hence the module-level `dead_code` and `unused_imports` allowances. The
+//! benchmark harness (`benches/segswarm`) includes it too, with `#[path]`.
 #![allow(dead_code, unused_imports)]
 
 pub mod browser;

@@ -16,12 +16,14 @@ use serde_json::Value;
 use super::process::bin;
 
 /// How to start a pod. Defaults keep the tests fast: preset ultrafast,
-/// ladder 240p,360p, 2-second segments, no Redis, private URLs allowed.
+/// ladder 240p,360p, 2-second segments, no Redis, private URLs allowed
+/// (unless [`PodBuilder::binary_defaults`]).
 pub struct PodBuilder {
     storage: PathBuf,
     envs: Vec<(String, String)>,
     path_prefix: Option<PathBuf>,
     token: Option<String>,
+    test_defaults: bool,
 }
 
 impl PodBuilder {
@@ -33,6 +35,14 @@ impl PodBuilder {
         if key == "SEGSWARM_API_TOKEN" {
             self.token = Some(value.as_ref().to_string());
         }
+        self
+    }
+
+    /// Leaves the binary's own defaults in place (preset, ladder, segment
+    /// duration, private-URL check, log level) instead of the fast test
+    /// defaults: for measuring the pod as it ships (the benches).
+    pub fn binary_defaults(mut self) -> Self {
+        self.test_defaults = false;
         self
     }
 
@@ -54,14 +64,16 @@ impl PodBuilder {
             }
         }
         cmd.env("SEGSWARM_LISTEN", addr.to_string())
-            .env("SEGSWARM_STORAGE_DIR", &self.storage)
-            .env("SEGSWARM_PRESET", "ultrafast")
-            .env("SEGSWARM_LADDER", "240p,360p")
-            .env("SEGSWARM_SEGMENT_DURATION", "2")
-            // Webhook receivers and HTTP sources of the tests listen on
-            // 127.0.0.1; tests of the address check set it back to false.
-            .env("SEGSWARM_ALLOW_PRIVATE_URLS", "true")
-            .env("SEGSWARM_LOG", "info");
+            .env("SEGSWARM_STORAGE_DIR", &self.storage);
+        if self.test_defaults {
+            cmd.env("SEGSWARM_PRESET", "ultrafast")
+                .env("SEGSWARM_LADDER", "240p,360p")
+                .env("SEGSWARM_SEGMENT_DURATION", "2")
+                // Webhook receivers and HTTP sources of the tests listen on
+                // 127.0.0.1; tests of the address check set it back to false.
+                .env("SEGSWARM_ALLOW_PRIVATE_URLS", "true")
+                .env("SEGSWARM_LOG", "info");
+        }
         for (key, value) in &self.envs {
             cmd.env(key, value);
         }
@@ -165,6 +177,7 @@ impl Pod {
             envs: Vec::new(),
             path_prefix: None,
             token: None,
+            test_defaults: true,
         }
     }
 

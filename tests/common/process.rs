@@ -1,4 +1,5 @@
-//! The binary under test, scratch directories and process bookkeeping.
+//! The binary under test, scratch directories and process bookkeeping
+//! (leftover ffmpeg processes, a process's memory and CPU time).
 
 use std::ffi::OsStr;
 use std::fs;
@@ -156,4 +157,35 @@ pub fn ffmpeg_processes_mentioning(needle: &str) -> Vec<(u32, String)> {
         }
     }
     found
+}
+
+/// Resident memory (`VmRSS` in `/proc/<pid>/status`) of one process, not its
+/// children, in MB.
+pub fn rss_mb(pid: u32) -> f64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}:\n{status}"));
+    kb / 1024.0
+}
+
+/// CPU time (user + system) of one process so far, all its threads, in
+/// seconds: `/proc/<pid>/stat` counts clock ticks of 1/100 s (the Linux
+/// user ABI). `std::process::id()` gives this process's own.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
+    // After the command name: state is field 0, utime 11, stime 12.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => panic!("cannot read utime and stime from /proc/{pid}/stat: {stat}"),
+    }
 }

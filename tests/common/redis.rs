@@ -6,7 +6,8 @@
 //! port (restart tests), empty after [`RedisServer::stop`] or with its data
 //! after [`RedisServer::stop_keeping_data`], and is killed when dropped. [`RedisServer::start_tls`]
 //! runs one that speaks only TLS and wants a password, with a throwaway CA
-//! made by `openssl`.
+//! made by `openssl`. [`info`] reads a Redis's own accounting (the benches'
+//! script time and CPU).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -281,6 +282,15 @@ impl RedisServer {
         keys.sort();
         keys
     }
+}
+
+/// `INFO <section>` of the Redis at `url` (a [`RedisServer`]'s or one the
+/// caller was given), as the server prints it: `name:value` lines.
+pub fn info(url: &str, section: &str) -> String {
+    redis::Client::open(url)
+        .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(2)))
+        .and_then(|mut conn| redis::cmd("INFO").arg(section).query(&mut conn))
+        .unwrap_or_else(|e| panic!("INFO {section} from {url}: {e}"))
 }
 
 /// A fresh folder for one server's snapshot (never the working directory).

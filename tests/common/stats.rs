@@ -1,5 +1,7 @@
 //! Measured figures: latency samples summarised as percentiles, for the
-//! `FIGURE:` lines tests print (copied into docs/reliability.md).
+//! `FIGURE:` lines tests print (copied into docs/reliability.md) and the
+//! benches' latencies, and the min/median/max of a figure over repeated runs
+//! (the benches' tables, docs/benchmarks.md).
 
 use std::time::Duration;
 
@@ -12,6 +14,11 @@ pub struct Latencies {
 impl Latencies {
     pub fn push(&mut self, sample: Duration) {
         self.samples.push(sample);
+    }
+
+    /// Adds every sample of `other` (latencies measured by several tasks).
+    pub fn merge(&mut self, other: Latencies) {
+        self.samples.extend(other.samples);
     }
 
     pub fn len(&self) -> usize {
@@ -49,4 +56,19 @@ impl Latencies {
             ms(self.max())
         )
     }
+}
+
+/// Min, median (mean of the middle two for an even count) and max of one
+/// figure's values; panics without values.
+pub fn min_median_max(values: &[f64]) -> (f64, f64, f64) {
+    assert!(!values.is_empty(), "a figure without values");
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    };
+    (sorted[0], median, sorted[sorted.len() - 1])
 }
