@@ -120,6 +120,16 @@ impl JobLayout {
         AudioWorkDir(self.tmp_path(token, &format!("audio-{track}")))
     }
 
+    /// URI of the master playlist, relative to the job folder.
+    pub fn master_uri() -> &'static str {
+        MASTER_PLAYLIST
+    }
+
+    /// URI of the thumbnail, relative to the job folder.
+    pub fn thumbnail_uri() -> &'static str {
+        THUMBNAIL
+    }
+
     /// URI of a rendition's media playlist, relative to the master.
     pub fn media_playlist_uri(rendition: &str) -> String {
         format!("{rendition}/{MEDIA_PLAYLIST}")
