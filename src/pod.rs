@@ -11,9 +11,9 @@ use crate::api::{self, AppState, Health};
 use crate::config::PodConfig;
 use crate::coord::redis::RedisSettings;
 use crate::coord::{Coordinator, FallbackCoordinator, LocalCoordinator, RedisCoordinator};
+use crate::jobs::registry::Registry;
 use crate::jobs::{JobManager, JobSettings};
 use crate::metrics::Metrics;
-use crate::registry::Registry;
 use crate::storage::{Storage, StorageError};
 use crate::watch::{self, WatchError, WatchSettings};
 use crate::webhook::Webhooks;
@@ -57,7 +57,7 @@ pub enum PodError {
     #[error(transparent)]
     Redis(#[from] crate::coord::redis::RedisSetupError),
     #[error(transparent)]
-    Registry(crate::registry::RegistryError),
+    Registry(crate::jobs::registry::RegistryError),
 }
 
 /// Local claims without `REDIS_URL`; Redis with it, wrapped in the fallback
