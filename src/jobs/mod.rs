@@ -13,15 +13,15 @@
 //!
 //! | module            | owns                                                       |
 //! |-------------------|------------------------------------------------------------|
-//! | [`model`]         | status, mode, spec, record, event kinds                    |
-//! | [`request`]       | a submit request, its validation and egress check          |
-//! | [`view`]          | the job as the API shows it                                |
-//! | [`events`]        | the event type and a job's event log on this pod           |
-//! | [`progress`]      | the progress value and the 2 % throttle                    |
-//! | [`lifecycle`]     | submit, start, status changes, end, cancel, webhooks       |
-//! | [`worker_events`] | the worker's events turned into statuses and events        |
-//! | [`cluster`]       | what this pod tells and hears from the other pods          |
-//! | [`persist`]       | `status.json`, and resuming jobs from storage              |
+//! | `model`           | status, mode, spec, record, event kinds                    |
+//! | `request`         | a submit request, its validation and egress check          |
+//! | `view`            | the job as the API shows it                                |
+//! | `events`          | the event type and a job's event log on this pod           |
+//! | `progress`        | the progress value and the 2 % throttle                    |
+//! | `lifecycle`       | submit, start, status changes, end, cancel, webhooks       |
+//! | `worker_events`   | the worker's events turned into statuses and events        |
+//! | `cluster`         | what this pod tells and hears from the other pods          |
+//! | `persist`         | `status.json`, and resuming jobs from storage              |
 //! | [`registry`]      | the cluster's job registry in Redis                        |
 
 mod cluster;

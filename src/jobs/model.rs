@@ -181,7 +181,7 @@ pub struct JobRecord {
     pub playable: bool,
     /// Percentage of units done: the highest value known cluster-wide (this
     /// pod's reports and other pods' events). The one value the 2 % progress
-    /// throttle is decided on; see [`super::progress`].
+    /// throttle is decided on (see `jobs/progress.rs`).
     pub progress: f64,
 }
 

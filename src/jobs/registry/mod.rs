@@ -1,10 +1,10 @@
 //! The cluster-wide job registry in Redis, so that any pod answers for any
 //! job: submit on one pod, follow, fetch or cancel on another.
 //!
-//! Owns the job keys and channels named in [`keys`] (every key of a job
+//! Owns the job keys and channels named in `keys.rs` (every key of a job
 //! carries the `{<job-id>}` hash tag: one slot per job on Redis Cluster), the
-//! scripts in [`scripts`] and the wire format of events between pods in
-//! [`wire`]: `<seq> <origin> <name> <job JSON>`.
+//! scripts in `scripts.rs` and the wire format of events between pods in
+//! `wire.rs`: `<seq> <origin> <name> <job JSON>`.
 //!
 //! Status changes are compare-and-set scripts, so when every pod sees a job
 //! end, exactly one of them announces it (event, webhook). The registry
