@@ -83,7 +83,7 @@ impl CpuGauge {
             return false;
         };
         let now = Instant::now();
-        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let mut window = crate::sync::lock(&self.window);
         match *window {
             Some((start, before)) if now.duration_since(start) >= WINDOW => {
                 *window = Some((now, now_times));

@@ -31,7 +31,6 @@ mod pod;
 mod prepare;
 mod probe;
 mod redis_link;
-mod registry;
 mod source;
 mod storage;
 mod sync;

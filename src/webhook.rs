@@ -9,7 +9,6 @@
 //! own network.
 
 use crate::egress::{self, EgressError, EgressPolicy};
-use crate::jobs::JobView;
 use hmac::{Hmac, Mac};
 use prometheus::IntCounterVec;
 use sha2::Sha256;
@@ -64,8 +63,9 @@ impl Webhooks {
         }
     }
 
-    /// Delivers `{"event", "job"}` to `url` in the background.
-    pub fn deliver(&self, url: String, event: &'static str, job: JobView) {
+    /// Delivers `{"event", "job"}` to `url` in the background; `job` is the
+    /// job's JSON as the API shows it.
+    pub fn deliver(&self, url: String, event: &'static str, job: &impl serde::Serialize) {
         let body = match serde_json::to_vec(&serde_json::json!({ "event": event, "job": job })) {
             Ok(body) => body,
             Err(err) => {

@@ -200,10 +200,6 @@ struct EventStream {
     shutdown: CancellationToken,
 }
 
-fn is_terminal_event(name: &str) -> bool {
-    JobStatus::parse(name).is_some_and(JobStatus::is_terminal)
-}
-
 fn event_stream(state: EventStream) -> impl Stream<Item = Result<Event, Infallible>> {
     futures_util::stream::unfold(state, |mut state| async move {
         if state.ended {
@@ -227,12 +223,12 @@ fn event_stream(state: EventStream) -> impl Stream<Item = Result<Event, Infallib
             }
         };
         state.last_seq = event.seq;
-        state.ended = is_terminal_event(&event.event);
+        state.ended = event.event.is_terminal();
         let sse = Event::default()
             .id(event.seq.to_string())
-            .event(event.event.clone())
+            .event(event.event.as_str())
             .json_data(&event.job)
-            .unwrap_or_else(|_| Event::default().event(event.event.clone()));
+            .unwrap_or_else(|_| Event::default().event(event.event.as_str()));
         Some((Ok(sse), state))
     })
 }

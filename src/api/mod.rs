@@ -53,7 +53,7 @@ impl Health {
             problems.push("shutting down".to_string());
         }
         for slot in [&self.storage_problem, &self.coordination_problem] {
-            if let Some(problem) = slot.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            if let Some(problem) = crate::sync::lock(slot).clone() {
                 problems.push(problem);
             }
         }

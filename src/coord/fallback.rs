@@ -15,6 +15,7 @@ use super::{
 };
 use crate::metrics::Metrics;
 use crate::plan::Unit;
+use crate::sync::lock;
 use crate::JobId;
 use async_trait::async_trait;
 use std::collections::HashSet;
@@ -64,10 +65,6 @@ impl FallbackCoordinator {
             _probe: stop.drop_guard(),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {

@@ -49,12 +49,7 @@ impl LocalCoordinator {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the maps half-updated
-        // in a way that matters (each operation is one insert or remove), so
-        // a poisoned lock is still usable.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 }
 

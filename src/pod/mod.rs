@@ -13,10 +13,10 @@ use crate::config::PodConfig;
 mod readiness;
 
 use crate::coord::{Coordinator, FallbackCoordinator, LocalCoordinator, RedisCoordinator};
+use crate::jobs::registry::Registry;
 use crate::jobs::{JobManager, JobSettings};
 use crate::metrics::Metrics;
 use crate::redis_link::{RedisSettings, RedisSetupError};
-use crate::registry::Registry;
 use crate::storage::{Storage, StorageError};
 use crate::watch::{self, WatchError, WatchSettings};
 use crate::webhook::Webhooks;
@@ -47,8 +47,6 @@ pub enum PodError {
     Signals(std::io::Error),
     #[error(transparent)]
     Redis(#[from] RedisSetupError),
-    #[error(transparent)]
-    Registry(crate::registry::RegistryError),
 }
 
 /// Local claims without `REDIS_URL`; Redis with it, wrapped in the fallback
@@ -106,9 +104,10 @@ pub async fn serve(config: PodConfig) -> Result<(), PodError> {
     let mut source_roots = config.source_roots.clone();
     source_roots.extend(config.watch_dir.iter().cloned());
     let registry = match &config.redis_url {
-        Some(url) => Some(Arc::new(
-            Registry::new(url, &config.worker_id).map_err(PodError::Registry)?,
-        )),
+        Some(url) => Some(Arc::new(Registry::new(
+            &redis_settings(&config, url),
+            &config.worker_id,
+        )?)),
         None => None,
     };
     let manager = JobManager::start(

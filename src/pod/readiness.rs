@@ -6,6 +6,7 @@
 use crate::api::Health;
 use crate::coord::Coordinator;
 use crate::storage::Storage;
+use crate::sync::lock;
 use crate::worker::{FailureKind, WorkerEvent};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,10 +32,7 @@ pub(super) async fn watch_coordination(
 ) {
     loop {
         let problem = coord.check().await;
-        *health
-            .coordination_problem
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = problem;
+        *lock(&health.coordination_problem) = problem;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(COORDINATION_CHECK_EVERY) => {}
@@ -73,10 +71,7 @@ pub(super) async fn watch_storage(
             tracing::info!("storage has room again");
             full = None;
         }
-        *health
-            .storage_problem
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = write_problem
+        *lock(&health.storage_problem) = write_problem
             .clone()
             .or_else(|| full.as_ref().map(|f| f.problem.clone()));
         tokio::select! {

@@ -1,0 +1,251 @@
+//! A job's life on this pod: submission, start (probe and plan, or wait for
+//! the submitting pod's `job.json`), status changes, the end with its event
+//! and webhook, cancellation, and the on-demand encode of a requested file.
+//!
+//! Every status change goes through the registry's compare-and-set first
+//! ([`JobManager::wins_transition`]), so exactly one pod announces it. It
+//! starts work only through [`prepare`] and the worker; it never runs ffmpeg
+//! and never deletes files but through a purge the user asked for.
+
+use super::model::{JobEventKind, JobMode, JobRecord, JobStatus};
+use super::progress::percent;
+use super::request::SubmitRequest;
+use super::view::JobView;
+use super::{now_ms, JobEntry, JobError, JobManager};
+use crate::plan::Unit;
+use crate::playlists::Listing;
+use crate::prepare::prepare;
+use crate::storage::{JobLayout, StorageError};
+use crate::sync::{lock, write};
+use crate::worker::{JobOptions, JobOutcome, RequestError};
+use crate::JobId;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an adopted job waits for the submitting pod's `job.json`.
+const ADOPT_PLAN_WAIT: Duration = Duration::from_secs(30);
+
+impl JobManager {
+    /// Validates and queues a job; work starts in the background.
+    pub async fn submit(self: &Arc<Self>, request: SubmitRequest) -> Result<JobView, JobError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(JobError::ShuttingDown);
+        }
+        let spec = request.validate(&self.settings)?;
+        spec.check_egress(self.settings.egress).await?;
+        let now = now_ms();
+        let record = JobRecord {
+            id: JobId::new_v4(),
+            spec,
+            status: JobStatus::Queued,
+            error: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            playable: false,
+            progress: 0.0,
+        };
+        let layout = self.storage.job(record.id);
+        std::fs::create_dir_all(layout.dir())
+            .map_err(|e| StorageError::new("creating", layout.dir(), e))?;
+        self.persist(&record)?;
+        let entry = JobEntry::new(record.clone(), true);
+        write(&self.jobs).insert(record.id, entry.clone());
+        self.announce(&record).await;
+        self.emit(&entry, JobEventKind::Queued).await;
+        self.spawn_start(entry.clone());
+        Ok(self.view(&entry))
+    }
+
+    pub(super) fn spawn_start(self: &Arc<Self>, entry: Arc<JobEntry>) {
+        let manager = self.clone();
+        tokio::spawn(async move { manager.start_job(entry).await });
+    }
+
+    /// Probes and plans (or reads `job.json`), then hands the job to the
+    /// worker.
+    async fn start_job(self: Arc<Self>, entry: Arc<JobEntry>) {
+        if !entry.created_here {
+            self.wait_for_plan(&entry).await;
+        }
+        let Ok(_permit) = self.prepare_slots.acquire().await else {
+            return;
+        };
+        let record = entry.record();
+        if record.status.is_terminal() {
+            return;
+        }
+        let layout = self.storage.job(record.id);
+        let prepared = prepare(
+            &layout,
+            record.spec.source.clone(),
+            record.spec.settings.clone(),
+            record.id,
+        )
+        .await;
+        let plan = match prepared {
+            Ok(prepared) => Arc::new(prepared.plan),
+            Err(err) => {
+                self.end(&entry, JobStatus::Failed, Some(err.to_string()))
+                    .await;
+                return;
+            }
+        };
+        *lock(&entry.plan) = Some(plan.clone());
+        if entry.record().status.is_terminal() {
+            return; // canceled while probing
+        }
+        let options = JobOptions {
+            priority: record.spec.priority,
+            listing: match record.spec.mode {
+                JobMode::Ingest => Listing::Progressive,
+                JobMode::OnDemand => Listing::Full,
+            },
+            eager_video: record.spec.mode == JobMode::Ingest,
+        };
+        self.set_status(&entry, JobStatus::Processing).await;
+        match self.worker.add_job(plan, layout, options).await {
+            Ok(run) => {
+                *lock(&entry.run) = Some(run.clone());
+                // The worker may have finished it at once (everything was
+                // on storage already).
+                if let Some(outcome) = run.outcome() {
+                    self.on_finished(&entry, outcome).await;
+                }
+            }
+            Err(err) => {
+                self.end(&entry, JobStatus::Failed, Some(err.to_string()))
+                    .await
+            }
+        }
+    }
+
+    /// An adopted job's plan is made by the pod it was submitted to: wait a
+    /// while for its `job.json` rather than probe the source again (if that
+    /// pod died first, probe after all; the plan is deterministic).
+    async fn wait_for_plan(&self, entry: &JobEntry) {
+        let path = self.storage.job(entry.record().id).job_json();
+        let deadline = std::time::Instant::now() + ADOPT_PLAN_WAIT;
+        while !path.is_file()
+            && std::time::Instant::now() < deadline
+            && !entry.record().status.is_terminal()
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Moves a job to a non-terminal status, once cluster-wide, with its
+    /// event.
+    async fn set_status(&self, entry: &JobEntry, status: JobStatus) {
+        let mut next = entry.record();
+        if next.status.is_terminal() || next.status == status {
+            return;
+        }
+        next.status = status;
+        next.updated_at_ms = now_ms();
+        if !self.wins_transition(&next).await {
+            return; // another pod announced it; its event updates us
+        }
+        self.update(entry, |r| r.status = status);
+        self.emit(entry, status.into()).await;
+    }
+
+    /// Moves a job to a terminal status, once cluster-wide, with its event
+    /// and webhook.
+    async fn end(&self, entry: &JobEntry, status: JobStatus, error: Option<String>) {
+        let progress = lock(&entry.run).as_ref().map(|run| percent(run.progress()));
+        let mut next = entry.record();
+        if next.status.is_terminal() {
+            return;
+        }
+        next.status = status;
+        next.error = error.clone();
+        if let Some(progress) = progress {
+            next.progress = progress;
+        }
+        next.updated_at_ms = now_ms();
+        if !self.wins_transition(&next).await {
+            self.follow_registry_record(entry).await;
+            return;
+        }
+        self.update(entry, |r| {
+            r.status = status;
+            r.error = error;
+            if let Some(progress) = progress {
+                r.progress = progress;
+            }
+        });
+        self.emit(entry, status.into()).await;
+        if status != JobStatus::Canceled {
+            self.notify_webhook(entry, status.into());
+        }
+        self.retire(next.id).await;
+    }
+
+    pub(super) async fn on_finished(&self, entry: &JobEntry, outcome: JobOutcome) {
+        match outcome {
+            JobOutcome::Done => self.end(entry, JobStatus::Done, None).await,
+            JobOutcome::Partial { reason } => {
+                self.end(entry, JobStatus::Partial, Some(reason)).await
+            }
+            JobOutcome::Failed { reason } => self.end(entry, JobStatus::Failed, Some(reason)).await,
+            JobOutcome::Canceled => self.end(entry, JobStatus::Canceled, None).await,
+        }
+    }
+
+    /// Starts the webhook of `event` if the job has a callback URL.
+    pub(super) fn notify_webhook(&self, entry: &JobEntry, event: JobEventKind) {
+        if let Some(url) = entry.record().spec.callback_url {
+            self.webhooks
+                .deliver(url, event.as_str(), &self.view(entry));
+        }
+    }
+
+    /// Cancels a job (its ffmpeg processes are killed, no new units start);
+    /// with `purge`, also removes its files. Purging a finished job is
+    /// allowed; canceling one is a conflict.
+    pub async fn cancel(&self, id: JobId, purge: bool) -> Result<JobView, JobError> {
+        let entry = self.entry(id).ok_or(JobError::NotFound(id))?;
+        let status = entry.record().status;
+        if status.is_terminal() && !purge {
+            return Err(JobError::AlreadyEnded {
+                id,
+                status: status.as_str(),
+            });
+        }
+        if !status.is_terminal() {
+            self.end(&entry, JobStatus::Canceled, None).await;
+            self.tell_cancel(id).await;
+            self.worker.cancel_job(id).await;
+        }
+        let view = self.view(&entry);
+        if purge {
+            write(&self.jobs).remove(&id);
+            self.storage.job(id).remove_all()?;
+        }
+        Ok(view)
+    }
+
+    /// For `/hls`: makes the file at `path` (relative to the job folder)
+    /// exist if it is a planned output, encoding it now if needed.
+    pub async fn ensure_file(&self, id: JobId, path: &str) -> Result<(), RequestError> {
+        let entry = self.entry(id).ok_or(RequestError::NotRunning(id))?;
+        let plan = lock(&entry.plan)
+            .clone()
+            .ok_or(RequestError::NotRunning(id))?;
+        let unit = JobLayout::unit_for_path(&plan, path).ok_or_else(|| {
+            RequestError::NotPlanned(Unit::Video {
+                rendition: path.to_string(),
+                index: 0,
+            })
+        })?;
+        self.worker
+            .request(
+                id,
+                &unit,
+                self.settings.prefetch_segments,
+                self.settings.segment_wait,
+            )
+            .await
+    }
+}
