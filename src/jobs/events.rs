@@ -10,7 +10,6 @@
 use super::model::JobEventKind;
 use super::view::JobView;
 use crate::sync::lock;
-use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use tokio::sync::broadcast;
@@ -20,7 +19,7 @@ use tokio::sync::broadcast;
 pub(crate) const HISTORY_LIMIT: usize = 256;
 
 /// One entry of a job's event stream.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct JobEvent {
     /// Increasing per job; the SSE `id`.
     pub seq: u64,

@@ -65,6 +65,11 @@ impl LeaseGuard {
         &self.leases
     }
 
+    /// Stops the renewals (the run ended).
+    pub(super) fn stop_renewing(&self) {
+        self.renewer.abort();
+    }
+
     /// What the encoder must stop on.
     pub(super) fn run_token(&self) -> CancellationToken {
         self.run.clone()
@@ -94,13 +99,6 @@ impl LeaseGuard {
             }
         }
         true
-    }
-}
-
-impl LeaseGuard {
-    /// Stops the renewals (the run ended).
-    pub(super) fn stop_renewing(&self) {
-        self.renewer.abort();
     }
 }
 
