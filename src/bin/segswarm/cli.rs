@@ -3,12 +3,13 @@
 //! configuration.
 
 use crate::client::{StatusArgs, SubmitArgs};
+use crate::flags::encode_settings;
 use crate::transcode::TranscodeArgs;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use segswarm::settings::{
-    validate_max_attempts, validate_preset, validate_segment_duration, worker_id_or_hostname,
-    ClaimTtl, EncodeSettings, Ladder, PodConfig, RunSettings, Slots, DEFAULT_SEGMENT_DURATION,
+    validate_max_attempts, worker_id_or_hostname, ClaimTtl, PodConfig, RunSettings, Slots,
+    DEFAULT_SEGMENT_DURATION,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -142,22 +143,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Submit(args) => crate::client::submit(args).await,
         Command::Status(args) => crate::client::status(args).await,
     }
-}
-
-/// The encoding settings of `--ladder`, `--segment-duration` and
-/// `--preset`, each checked; `flags` names them in errors.
-pub fn encode_settings(
-    ladder: &str,
-    segment_duration: u32,
-    preset: &str,
-    flags: [&'static str; 3],
-) -> anyhow::Result<EncodeSettings> {
-    Ok(EncodeSettings {
-        ladder: ladder.parse::<Ladder>().context(flags[0])?,
-        segment_duration: validate_segment_duration(segment_duration).context(flags[1])?,
-        preset: validate_preset(preset).context(flags[2])?,
-        ..EncodeSettings::default()
-    })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

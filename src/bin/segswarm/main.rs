@@ -3,6 +3,7 @@
 
 mod cli;
 mod client;
+mod flags;
 mod transcode;
 
 use clap::Parser;

@@ -1,7 +1,7 @@
 //! `segswarm transcode`: the library's [`Transcode`] with a progress bar,
 //! messages and exit codes (0 done, 3 partial, 1 error, 130 interrupted).
 
-use crate::cli::encode_settings;
+use crate::flags::encode_settings;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use segswarm::settings::{ClaimTtl, RunSettings, Slots, DEFAULT_SEGMENT_DURATION};
