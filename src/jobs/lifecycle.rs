@@ -17,7 +17,7 @@ use crate::playlists::Listing;
 use crate::prepare::prepare;
 use crate::storage::{JobLayout, StorageError};
 use crate::sync::{lock, write};
-use crate::worker::{JobOptions, JobOutcome, RequestError};
+use crate::worker::{JobOptions, JobOutcome, RequestError, WorkerError};
 use crate::JobId;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -112,6 +112,11 @@ impl JobManager {
                 if let Some(outcome) = run.outcome() {
                     self.on_finished(&entry, outcome).await;
                 }
+            }
+            // Started here already (a second start is a bug, not the job's
+            // failure): that run goes on.
+            Err(err @ WorkerError::AlreadyRunning(_)) => {
+                tracing::warn!(job = %record.id, "{err}");
             }
             Err(err) => {
                 self.end(&entry, JobStatus::Failed, Some(err.to_string()))

@@ -77,7 +77,14 @@ impl JobManager {
             if let Ok(Some(plan)) = read_plan(&self.storage.job(record.id)) {
                 *lock(&entry.plan) = Some(Arc::new(plan));
             }
-            write(&self.jobs).insert(record.id, entry.clone());
+            // Inserted only if still unknown: the cluster's resync scans
+            // storage too, and a job must start here once.
+            match write(&self.jobs).entry(record.id) {
+                std::collections::hash_map::Entry::Occupied(_) => continue,
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(entry.clone());
+                }
+            }
             if unfinished {
                 resumed += 1;
                 self.spawn_start(entry);
