@@ -73,4 +73,13 @@ pub mod pipeline {
     pub use crate::plan::{Plan, PlanError, Rendition, Segment, Unit};
     pub use crate::probe::{probe, ProbeError, SourceInfo};
     pub use crate::source::{Source, SourceError};
+    pub use crate::storage::{AudioWorkDir, JobLayout, Storage};
+}
+
+/// The worker with an encoder of the caller's, for the simulation
+/// benchmark: the real scheduler, coordinator and publishing, with outputs
+/// made by something other than ffmpeg.
+pub mod simulation {
+    pub use crate::playlists::Listing;
+    pub use crate::worker::{Encoder, Ffmpeg, JobOptions, Worker, WorkerSettings};
 }

@@ -119,7 +119,7 @@ impl Shared {
                 self.run_audio(&job, &guard, &batch, *track, work, control)
                     .await
             }
-            _ => batch.run(&job.plan, control).await,
+            _ => self.encoder.encode(&batch, &job.plan, control).await,
         };
         // Nothing renews a lease once its run ended: the confirmation below
         // renews it for the publish, and a completed lease would only be

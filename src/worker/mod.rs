@@ -14,6 +14,7 @@
 //! It never parses requests or prints anything for a user.
 
 mod batch;
+mod encoder;
 mod failure;
 mod health;
 mod job_run;
@@ -26,6 +27,7 @@ mod schedule;
 mod slots;
 mod units;
 
+pub use encoder::{Encoder, Ffmpeg};
 pub use failure::{FailureKind, UnitFailure};
 pub use job_run::JobRun;
 pub use request::RequestError;
@@ -162,6 +164,8 @@ struct Shared {
     circuit: FailureCircuit,
     /// Tells spare slots whether the CPU has room.
     cpu: CpuGauge,
+    /// Makes a batch's outputs (ffmpeg, or a simulation's sleep).
+    encoder: Arc<dyn Encoder>,
 }
 
 impl Shared {
@@ -181,11 +185,23 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Creates the worker and starts its slots.
+    /// Creates the worker with the real encoder (ffmpeg) and starts its
+    /// slots.
     pub fn start(
         settings: WorkerSettings,
         coord: Arc<dyn Coordinator>,
         metrics: Arc<Metrics>,
+    ) -> Worker {
+        Worker::with_encoder(settings, coord, metrics, Arc::new(Ffmpeg))
+    }
+
+    /// Creates the worker with `encoder` making the outputs and starts its
+    /// slots.
+    pub fn with_encoder(
+        settings: WorkerSettings,
+        coord: Arc<dyn Coordinator>,
+        metrics: Arc<Metrics>,
+        encoder: Arc<dyn Encoder>,
     ) -> Worker {
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
@@ -200,6 +216,7 @@ impl Worker {
             tasks: TaskTracker::new(),
             circuit: FailureCircuit::default(),
             cpu: CpuGauge::new(),
+            encoder,
         });
         if let Some(notices) = shared.coord.unit_notices() {
             tokio::spawn(notices::follow(Arc::downgrade(&shared), notices));

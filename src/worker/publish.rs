@@ -103,7 +103,7 @@ impl Shared {
         work: &AudioWorkDir,
         control: RunControl,
     ) -> Result<(), EncodeError> {
-        let run = batch.run(&job.plan, control);
+        let run = self.encoder.encode(batch, &job.plan, control);
         tokio::pin!(run);
         let mut published = 0;
         loop {

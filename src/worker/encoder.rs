@@ -1,0 +1,44 @@
+//! The seam between the worker and whatever makes a batch's outputs.
+//!
+//! [`Encoder`] runs one claimed [`Batch`] to its in-progress paths and
+//! checks them; [`Ffmpeg`] is the one every pod and `segswarm transcode`
+//! use. The simulation benchmark puts an encoder that sleeps for a measured
+//! cost behind the same worker, so the scheduler and coordinator it measures
+//! are the real ones. An encoder never publishes, claims or renames: the
+//! worker does that with what it wrote.
+
+use crate::encode::{Batch, EncodeError};
+use crate::ffmpeg::RunControl;
+use crate::plan::Plan;
+use async_trait::async_trait;
+
+/// Produces a batch's outputs at their in-progress paths.
+#[async_trait]
+pub trait Encoder: Send + Sync {
+    /// Runs `batch` of `plan` under `control` (cancel, stall timeout,
+    /// progress) and verifies what it wrote; an `Ok` output may be
+    /// published as it is.
+    async fn encode(
+        &self,
+        batch: &Batch,
+        plan: &Plan,
+        control: RunControl,
+    ) -> Result<(), EncodeError>;
+}
+
+/// The real encoder: one ffmpeg process per batch, then the checks of
+/// [`crate::encode`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ffmpeg;
+
+#[async_trait]
+impl Encoder for Ffmpeg {
+    async fn encode(
+        &self,
+        batch: &Batch,
+        plan: &Plan,
+        control: RunControl,
+    ) -> Result<(), EncodeError> {
+        batch.run(plan, control).await
+    }
+}
