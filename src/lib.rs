@@ -72,6 +72,7 @@ pub mod pipeline {
     pub use crate::ffmpeg::{RunControl, RunError};
     pub use crate::plan::{Plan, PlanError, Rendition, Segment, Unit};
     pub use crate::probe::{probe, ProbeError, SourceInfo};
+    pub use crate::probe::{AudioInfo, VideoInfo};
     pub use crate::source::{Source, SourceError};
     pub use crate::storage::{AudioWorkDir, JobLayout, Storage};
 }

@@ -1,14 +1,16 @@
 //! The benchmark harness: `cargo bench --bench segswarm -- <figure> [flags]`
 //! (or `scripts/bench <figure> [flags]`). Coordination throughput and claim
 //! latency, scale-out efficiency, hand-off and takeover times, pod memory,
-//! time to playable. Each figure runs `--repeat` times and prints a table of
-//! min/median/max and one JSON line (`{"bench": ..., "repeat": ...,
-//! "figures": {...}}`) that `scripts/bench-smoke` checks. Results and how
-//! they were taken: docs/benchmarks.md.
+//! time to playable, a simulated cluster on the real scheduler. Each figure
+//! runs `--repeat` times and prints a table of min/median/max and one JSON
+//! line (`{"bench": ..., "repeat": ..., "figures": {...}}`) that
+//! `scripts/bench-smoke` checks. Results and how they were taken:
+//! docs/benchmarks.md.
 //!
 //! Redis servers, real pods, clips and scratch folders come from the test
-//! kit, `tests/common`, included below; the simulated pods ([`sim`]) drive
-//! the library's coordinator directly.
+//! kit, `tests/common`, included below; the simulated pods of [`sim`] drive
+//! the library's coordinator directly, those of [`simulate`] run the
+//! library's `Worker` with an encoder that sleeps.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -22,6 +24,7 @@ mod report;
 mod scale;
 mod shared_redis;
 mod sim;
+mod simulate;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -50,6 +53,9 @@ enum Figure {
     /// Time from submit to `playable` on a real pod, against the encode
     /// time of one lowest-rendition segment (figure 2).
     Playable(playable::PlayableArgs),
+    /// A simulated cluster on the real scheduler: Workers with an encoder
+    /// that sleeps for measured costs (figure 8).
+    Simulate(simulate::SimulateArgs),
 }
 
 #[tokio::main]
@@ -69,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Figure::Handoff(args)) => handoff::run(&args).await?,
         Some(Figure::Memory(args)) => memory::run(&args).await?,
         Some(Figure::Playable(args)) => playable::run(&args).await?,
+        Some(Figure::Simulate(args)) => simulate::run(&args).await?,
         // `cargo bench` without `--` and `cargo test --benches` run this
         // binary without a figure: say what there is, fail nothing.
         None => {

@@ -51,11 +51,41 @@ impl SharedRedis {
     /// A coordinator of its own, as a pod has: a pool of `pool` connections
     /// and its own pub/sub connection; claims live `ttl` without renewal.
     pub fn coordinator(&self, ttl: Duration, pool: usize) -> anyhow::Result<RedisCoordinator> {
-        let metrics = Arc::new(Metrics::new()?);
+        self.coordinator_counting(ttl, pool, Arc::new(Metrics::new()?))
+    }
+
+    /// [`SharedRedis::coordinator`] counting into `metrics` (a pod's, which
+    /// its worker shares).
+    pub fn coordinator_counting(
+        &self,
+        ttl: Duration,
+        pool: usize,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<RedisCoordinator> {
         let mut settings = RedisSettings::new(self.url.as_str());
         settings.pool_size = pool;
         let ttl = ClaimTtl::from_millis(ttl.as_millis() as u64);
         Ok(RedisCoordinator::new(&settings, ttl, metrics)?)
+    }
+
+    /// Deletes every key matching `pattern` (SCAN, then DEL) and returns
+    /// their names: a bench's clean-up after a run.
+    pub fn delete_keys(&self, pattern: &str) -> anyhow::Result<Vec<String>> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        let keys: Vec<String> = redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .clone()
+            .iter(&mut conn)?
+            .collect::<Result<_, _>>()?;
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("DEL").arg(&keys).query(&mut conn)?;
+        }
+        Ok(keys)
     }
 
     /// Redis's accounting so far; a run's cost is the difference of two.
