@@ -15,6 +15,7 @@
 //! | `segswarm:{<job>}:history`           | list of the job's last events                           | registry    |
 //! | channel `segswarm:{<job>}:events`    | each event as `<seq> <origin> <name> <job JSON>`        | registry    |
 //! | `segswarm:jobs`                      | sorted set of active jobs (priority, then age)          | registry    |
+//! | `segswarm:pods`                      | hash worker id → `<slots> <busy> <expires ms>`          | coordinator |
 //! | channel `segswarm:control`           | `new <job>` and `cancel <job>`                          | registry    |
 //!
 //! Nothing else in the crate spells a key.
@@ -24,6 +25,9 @@ use crate::JobId;
 
 /// The set of active jobs (also what KEDA scales on).
 pub const ACTIVE_JOBS: &str = "segswarm:jobs";
+/// The live pods and their slots (the heartbeat), for the cluster's
+/// capacity.
+pub const PODS: &str = "segswarm:pods";
 /// The channel of job-level notices (`new <job>`, `cancel <job>`).
 pub const CONTROL_CHANNEL: &str = "segswarm:control";
 /// The pattern of every job's unit-notice channel.
