@@ -135,6 +135,7 @@ pub async fn run(args: &ClusterArgs) -> anyhow::Result<Report> {
                     repeat + 1,
                     run.wall.as_secs_f64()
                 );
+                run.warn_if_busy(&label);
                 if let Some(file) = &mut trace {
                     let prefix = format!("{},{},{seconds}", repeat + 1, pinning.len());
                     file.write_all(run.trace.csv_rows(&prefix, run.trace_cores).as_bytes())?;
@@ -279,16 +280,36 @@ impl Bench<'_> {
 }
 
 impl RunOutcome {
+    /// Warns when other processes took more than 10 % of the pods' cores:
+    /// the run's figures then say more about the machine than about the
+    /// pods.
+    fn warn_if_busy(&self, label: &str) {
+        let busy = self.trace.busy_seconds(&self.cores);
+        let capacity = self.wall.as_secs_f64() * self.cores.len() as f64;
+        let others = (busy - self.pods_cpu).max(0.0);
+        if others > 0.1 * capacity {
+            tracing::warn!(
+                "{label}: other processes used {others:.1} s of the pods' cores' {capacity:.1} s \
+                 (the pods {:.1} s): not a quiet machine",
+                self.pods_cpu
+            );
+        }
+    }
+
     /// Adds this run's figures under `label` (`30s 2 pods ...`).
     fn record(&self, report: &mut Report, label: &str) {
         let wall = self.wall.as_secs_f64();
         let idle =
             |from: Duration, to: Duration| 100.0 * self.trace.idle_share(&self.cores, from, to);
         report.add(format!("{label} wall s"), wall);
+        let busy = self.trace.busy_seconds(&self.cores);
         report.add(format!("{label} pods CPU s"), self.pods_cpu);
+        report.add(format!("{label} cores busy CPU s"), busy);
+        // What else ran on the pods' cores (this harness, Redis, anything
+        // else on the machine): near zero on a quiet machine.
         report.add(
-            format!("{label} cores busy CPU s"),
-            self.trace.busy_seconds(&self.cores),
+            format!("{label} non-pod CPU on the cores s"),
+            (busy - self.pods_cpu).max(0.0),
         );
         report.add(
             format!("{label} idle first 5 s %"),

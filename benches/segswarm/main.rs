@@ -2,9 +2,10 @@
 //! (or `scripts/bench <figure> [flags]`). Coordination throughput and claim
 //! latency, scale-out efficiency, hand-off and takeover times, pod memory,
 //! time to playable, cluster scale-out with real encodes. Each figure runs
-//! `--repeat` times and prints a table of min/median/max and one JSON line (`{"bench": ..., "repeat": ...,
-//! "figures": {...}}`) that `scripts/bench-smoke` checks. Results and how
-//! they were taken: docs/benchmarks.md.
+//! `--repeat` times and prints a table of min/median/max and one JSON line
+//! (`{"bench": ..., "repeat": ..., "figures": {...}}`) that
+//! `scripts/bench-smoke` checks. Results and how they were taken:
+//! docs/benchmarks.md.
 //!
 //! Redis servers, real pods, clips and scratch folders come from the test
 //! kit, `tests/common`, included below; the simulated pods ([`sim`]) drive
