@@ -86,8 +86,8 @@ pub async fn run(args: &ClusterArgs) -> anyhow::Result<Report> {
         .join("segswarm-bench-cluster")
         .join("sources");
     let mut sources = Vec::new();
-    for &seconds in &args.seconds {
-        sources.push((seconds, source(&cache, seconds.max(1))?));
+    for seconds in args.seconds.iter().map(|&s| s.max(1)) {
+        sources.push((seconds, source(&cache, seconds)?));
     }
     let mut trace = match &args.trace {
         Some(path) => {
