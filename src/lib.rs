@@ -59,8 +59,8 @@ pub mod settings {
 /// Coordination, for tests and benchmarks that drive it directly.
 pub mod coordination {
     pub use crate::coord::{
-        new_token, ClaimOutcome, Completion, CoordError, Coordinator, Lease, LocalCoordinator,
-        Mode, RedisCoordinator, UnitNotice, WaitOutcome,
+        new_token, ClaimOutcome, ClusterCapacity, Completion, CoordError, Coordinator, Lease,
+        LocalCoordinator, Mode, RedisCoordinator, UnitNotice, WaitOutcome,
     };
     pub use crate::metrics::Metrics;
     pub use crate::redis_link::{RedisSettings, RedisSetupError};

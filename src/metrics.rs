@@ -17,6 +17,8 @@ pub struct Metrics {
     pub units_skipped: IntCounter,
     pub unit_encode_seconds: HistogramVec,
     pub units_in_flight: IntGauge,
+    /// Slots of every live pod, from the heartbeats (this pod's own alone).
+    pub cluster_slots: IntGauge,
     pub storage_write_seconds: Histogram,
     pub bytes_written: IntCounter,
     pub leases_lost: IntCounter,
@@ -84,6 +86,10 @@ impl Metrics {
         let units_in_flight = IntGauge::new(
             "segswarm_units_in_flight",
             "Units this pod is encoding right now",
+        )?;
+        let cluster_slots = IntGauge::new(
+            "segswarm_cluster_slots",
+            "Slots of every live pod as the heartbeats say (this pod's own without a cluster)",
         )?;
         let storage_write_seconds = Histogram::with_opts(
             HistogramOpts::new(
@@ -206,6 +212,7 @@ impl Metrics {
             Box::new(units_skipped.clone()),
             Box::new(unit_encode_seconds.clone()),
             Box::new(units_in_flight.clone()),
+            Box::new(cluster_slots.clone()),
             Box::new(storage_write_seconds.clone()),
             Box::new(bytes_written.clone()),
             Box::new(leases_lost.clone()),
@@ -234,6 +241,7 @@ impl Metrics {
             units_skipped,
             unit_encode_seconds,
             units_in_flight,
+            cluster_slots,
             storage_write_seconds,
             bytes_written,
             leases_lost,

@@ -9,8 +9,8 @@ mod common;
 
 use common::RedisServer;
 use segswarm::coordination::{
-    ClaimOutcome, Completion, CoordError, Coordinator, Lease, Metrics, Mode, RedisCoordinator,
-    RedisSettings, WaitOutcome,
+    ClaimOutcome, ClusterCapacity, Completion, CoordError, Coordinator, Lease, Metrics, Mode,
+    RedisCoordinator, RedisSettings, WaitOutcome,
 };
 use segswarm::pipeline::Unit;
 use segswarm::settings::ClaimTtl;
@@ -695,4 +695,42 @@ async fn rediss_client() {
         }
         other => panic!("expected an error, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn heartbeats_add_up_the_live_pods_and_forget_the_silent() {
+    let server = RedisServer::start();
+    let (a, _) = pod(&server, Duration::from_secs(5));
+    let (b, _) = pod(&server, Duration::from_secs(5));
+    let short = Duration::from_millis(300);
+    let long = Duration::from_secs(10);
+    assert_eq!(
+        a.heartbeat("pod-a", 2, 1, long).await.expect("beat"),
+        Some(ClusterCapacity {
+            pods: 1,
+            slots: 2,
+            busy: 1
+        })
+    );
+    assert_eq!(
+        b.heartbeat("pod-b", 3, 0, short).await.expect("beat"),
+        Some(ClusterCapacity {
+            pods: 2,
+            slots: 5,
+            busy: 1
+        })
+    );
+    // A second beat replaces the pod's entry, never adds to it.
+    let again = a.heartbeat("pod-a", 2, 2, long).await.expect("beat");
+    assert_eq!(again.map(|c| (c.pods, c.slots, c.busy)), Some((2, 5, 2)));
+    // pod-b stops beating: after its TTL it no longer counts.
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    let after = a.heartbeat("pod-a", 2, 0, long).await.expect("beat");
+    assert_eq!(after.map(|c| (c.pods, c.slots)), Some((1, 2)));
+    let fields: Vec<String> = server.command(&["HKEYS", "segswarm:pods"]);
+    assert_eq!(
+        fields,
+        vec!["pod-a".to_string()],
+        "the silent pod's entry is gone"
+    );
 }

@@ -1,11 +1,11 @@
 //! The benchmark harness: `cargo bench --bench segswarm -- <figure> [flags]`
 //! (or `scripts/bench <figure> [flags]`). Coordination throughput and claim
 //! latency, scale-out efficiency, hand-off and takeover times, pod memory,
-//! time to playable, a simulated cluster on the real scheduler. Each figure
-//! runs `--repeat` times and prints a table of min/median/max and one JSON
-//! line (`{"bench": ..., "repeat": ..., "figures": {...}}`) that
-//! `scripts/bench-smoke` checks. Results and how they were taken:
-//! docs/benchmarks.md.
+//! time to playable, cluster scale-out with real encodes, a simulated
+//! cluster on the real scheduler. Each figure runs `--repeat` times and
+//! prints a table of min/median/max and one JSON line (`{"bench": ...,
+//! "repeat": ..., "figures": {...}}`) that `scripts/bench-smoke` checks.
+//! Results and how they were taken: docs/benchmarks.md.
 //!
 //! Redis servers, real pods, clips and scratch folders come from the test
 //! kit, `tests/common`, included below; the simulated pods of [`sim`] drive
@@ -15,10 +15,13 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
+mod cluster;
 mod coord;
+mod cpu_trace;
 mod handoff;
 mod memory;
 mod playable;
+mod pod_timeline;
 mod real_pod;
 mod report;
 mod scale;
@@ -53,6 +56,9 @@ enum Figure {
     /// Time from submit to `playable` on a real pod, against the encode
     /// time of one lowest-rendition segment (figure 2).
     Playable(playable::PlayableArgs),
+    /// One pod on one core against N pods on N cores, real encodes through
+    /// one Redis: wall time, speed-up, CPU, idle cores (figure 7).
+    Cluster(cluster::ClusterArgs),
     /// A simulated cluster on the real scheduler: Workers with an encoder
     /// that sleeps for measured costs (figure 8).
     Simulate(simulate::SimulateArgs),
@@ -75,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Figure::Handoff(args)) => handoff::run(&args).await?,
         Some(Figure::Memory(args)) => memory::run(&args).await?,
         Some(Figure::Playable(args)) => playable::run(&args).await?,
+        Some(Figure::Cluster(args)) => cluster::run(&args).await?,
         Some(Figure::Simulate(args)) => simulate::run(&args).await?,
         // `cargo bench` without `--` and `cargo test --benches` run this
         // binary without a figure: say what there is, fail nothing.

@@ -10,8 +10,8 @@
 //! away.
 
 use super::{
-    ClaimOutcome, Completion, CoordError, Coordinator, Lease, LocalCoordinator, Mode,
-    RedisCoordinator, WaitOutcome,
+    ClaimOutcome, ClusterCapacity, Completion, CoordError, Coordinator, Lease, LocalCoordinator,
+    Mode, RedisCoordinator, WaitOutcome,
 };
 use crate::metrics::Metrics;
 use crate::plan::Unit;
@@ -289,6 +289,22 @@ impl Coordinator for FallbackCoordinator {
 
     /// Redis's claims while distributed; none while local (this pod's own
     /// units are known to its worker).
+    async fn heartbeat(
+        &self,
+        worker_id: &str,
+        slots: usize,
+        busy: usize,
+        ttl: Duration,
+    ) -> Result<Option<ClusterCapacity>, CoordError> {
+        if self.shared.is_local() {
+            return Ok(None);
+        }
+        self.shared
+            .redis
+            .heartbeat(worker_id, slots, busy, ttl)
+            .await
+    }
+
     async fn holders(&self, job: JobId) -> Result<Vec<(String, String)>, CoordError> {
         if self.shared.is_local() {
             return Ok(Vec::new());

@@ -151,6 +151,21 @@ pub trait Coordinator: Send + Sync {
     /// Forgets a finished or canceled job's claims and counters.
     async fn forget(&self, job: JobId) -> Result<(), CoordError>;
 
+    /// Tells the cluster this pod is alive with `slots` slots, `busy` of
+    /// them running a batch, for `ttl`; returns the capacity of every live
+    /// pod (this one included), or `None` when there is no cluster to ask
+    /// (local mode, Redis away).
+    async fn heartbeat(
+        &self,
+        worker_id: &str,
+        slots: usize,
+        busy: usize,
+        ttl: Duration,
+    ) -> Result<Option<ClusterCapacity>, CoordError> {
+        let _ = (worker_id, slots, busy, ttl);
+        Ok(None)
+    }
+
     /// The claims of `job` held right now by any pod, as `(unit, worker_id)`,
     /// when the backend can list them (Redis). Read-only, for display: the
     /// answer may be stale by the time it is read. Empty by default.
@@ -158,6 +173,14 @@ pub trait Coordinator: Send + Sync {
         let _ = job;
         Ok(Vec::new())
     }
+}
+
+/// What the live pods of a cluster have, from their heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterCapacity {
+    pub pods: usize,
+    pub slots: usize,
+    pub busy: usize,
 }
 
 /// A unit of a job was finished (`done`) or given back (not `done`) by

@@ -22,12 +22,13 @@ mod notices;
 mod scripts;
 
 use super::{
-    new_token, ClaimOutcome, Completion, CoordError, Coordinator, Lease, Mode, WaitOutcome,
+    new_token, ClaimOutcome, ClusterCapacity, Completion, CoordError, Coordinator, Lease, Mode,
+    WaitOutcome,
 };
 use crate::config::ClaimTtl;
 use crate::metrics::Metrics;
 use crate::plan::Unit;
-use crate::redis_link::keys::JobKeys;
+use crate::redis_link::keys::{self, JobKeys};
 use crate::redis_link::{RedisSettings, RedisSetupError};
 use crate::JobId;
 use ::redis::{FromRedisValue, RedisError, ScriptInvocation};
@@ -500,6 +501,28 @@ impl Coordinator for RedisCoordinator {
             .await
             .map_err(|err| unavailable(format!("forget of job {job}"), err))?;
         Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        worker_id: &str,
+        slots: usize,
+        busy: usize,
+        ttl: Duration,
+    ) -> Result<Option<ClusterCapacity>, CoordError> {
+        let (pods, slots, busy): (usize, usize, usize) = self
+            .invoke(
+                self.scripts
+                    .heartbeat
+                    .key(keys::PODS)
+                    .arg(worker_id)
+                    .arg(slots)
+                    .arg(busy)
+                    .arg(ttl.as_millis() as u64),
+            )
+            .await
+            .map_err(|err| unavailable("heartbeat".into(), err))?;
+        Ok(Some(ClusterCapacity { pods, slots, busy }))
     }
 
     /// SCANs the job's claim keys and reads each value (`<token>

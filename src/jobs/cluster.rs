@@ -233,6 +233,14 @@ impl JobManager {
     async fn on_incoming(self: &Arc<Self>, incoming: Incoming) {
         match incoming {
             Incoming::New(id) => self.adopt(id).await,
+            Incoming::Planned(id) => {
+                if self.entry(id).is_none() {
+                    self.adopt(id).await;
+                }
+                if let Some(entry) = self.entry(id) {
+                    entry.planned.notify_waiters();
+                }
+            }
             Incoming::Cancel(id) => {
                 self.worker.cancel_job(id).await;
                 if let Some(entry) = self.entry(id) {

@@ -1,5 +1,5 @@
 //! A job's life on this pod: submission, start (probe and plan, or wait for
-//! the submitting pod's `job.json`), status changes, the end with its event
+//! the submitting pod's plan), status changes, the end with its event
 //! and webhook, cancellation, and the on-demand encode of a requested file.
 //!
 //! Every status change goes through the registry's compare-and-set first
@@ -12,7 +12,7 @@ use super::progress::percent;
 use super::request::SubmitRequest;
 use super::view::JobView;
 use super::{now_ms, JobEntry, JobError, JobManager};
-use crate::plan::Unit;
+use crate::plan::{Plan, Unit};
 use crate::playlists::Listing;
 use crate::prepare::prepare;
 use crate::storage::{JobLayout, StorageError};
@@ -23,8 +23,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long an adopted job waits for the submitting pod's `job.json`.
+/// How long an adopted job waits for the submitting pod's plan.
 const ADOPT_PLAN_WAIT: Duration = Duration::from_secs(30);
+/// How often that wait looks again when no notice comes (one was missed).
+const PLAN_RECHECK: Duration = Duration::from_millis(500);
 
 impl JobManager {
     /// Validates and queues a job; work starts in the background.
@@ -62,12 +64,14 @@ impl JobManager {
         tokio::spawn(async move { manager.start_job(entry).await });
     }
 
-    /// Probes and plans (or reads `job.json`), then hands the job to the
-    /// worker.
+    /// Probes and plans (or reads `job.json`, or takes the plan its planner
+    /// published), then hands the job to the worker.
     async fn start_job(self: Arc<Self>, entry: Arc<JobEntry>) {
-        if !entry.created_here {
-            self.wait_for_plan(&entry).await;
-        }
+        let shared_plan = if entry.created_here {
+            None
+        } else {
+            self.wait_for_plan(&entry).await
+        };
         let Ok(_permit) = self.prepare_slots.acquire().await else {
             return;
         };
@@ -76,19 +80,29 @@ impl JobManager {
             return;
         }
         let layout = self.storage.job(record.id);
-        let prepared = prepare(
-            &layout,
-            record.spec.source.clone(),
-            record.spec.settings.clone(),
-            record.id,
-        )
-        .await;
-        let plan = match prepared {
-            Ok(prepared) => Arc::new(prepared.plan),
-            Err(err) => {
-                self.end(&entry, JobStatus::Failed, Some(err.to_string()))
-                    .await;
-                return;
+        let plan = match shared_plan {
+            Some(plan) => Arc::new(plan),
+            None => {
+                let prepared = prepare(
+                    &layout,
+                    record.spec.source.clone(),
+                    record.spec.settings.clone(),
+                    record.id,
+                )
+                .await;
+                match prepared {
+                    Ok(prepared) => {
+                        if entry.created_here && !prepared.resumed {
+                            self.share_plan(&prepared.plan).await;
+                        }
+                        Arc::new(prepared.plan)
+                    }
+                    Err(err) => {
+                        self.end(&entry, JobStatus::Failed, Some(err.to_string()))
+                            .await;
+                        return;
+                    }
+                }
             }
         };
         *lock(&entry.plan) = Some(plan.clone());
@@ -126,16 +140,64 @@ impl JobManager {
     }
 
     /// An adopted job's plan is made by the pod it was submitted to: wait a
-    /// while for its `job.json` rather than probe the source again (if that
-    /// pod died first, probe after all; the plan is deterministic).
-    async fn wait_for_plan(&self, entry: &JobEntry) {
-        let path = self.storage.job(entry.record().id).job_json();
-        let deadline = std::time::Instant::now() + ADOPT_PLAN_WAIT;
-        while !path.is_file()
-            && std::time::Instant::now() < deadline
-            && !entry.record().status.is_terminal()
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    /// while for it rather than probe the source again. The planner's
+    /// `planned` notice wakes the wait, and the plan is read from the
+    /// registry; `job.json` on storage is looked for too (the planner's
+    /// Redis write may have failed). `None` means: prepare from storage,
+    /// which probes after all if the planner died first (the plan is
+    /// deterministic).
+    async fn wait_for_plan(&self, entry: &JobEntry) -> Option<Plan> {
+        let id = entry.record().id;
+        let path = self.storage.job(id).job_json();
+        let deadline = tokio::time::Instant::now() + ADOPT_PLAN_WAIT;
+        loop {
+            let notified = entry.planned.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(plan) = self.published_plan(id).await {
+                return Some(plan);
+            }
+            if path.is_file() || entry.record().status.is_terminal() {
+                return None;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(PLAN_RECHECK) => {}
+                _ = tokio::time::sleep_until(deadline) => return None,
+            }
+        }
+    }
+
+    /// The plan the job's planner published in the registry, if it did.
+    async fn published_plan(&self, id: JobId) -> Option<Plan> {
+        let registry = self.registry.as_ref()?;
+        let json = registry.plan(id).await.ok()??;
+        match serde_json::from_str::<Plan>(&json) {
+            Ok(plan) if plan.job_id == id => Some(plan),
+            Ok(_) => None,
+            Err(err) => {
+                tracing::warn!(job = %id, "the published plan does not read: {err}");
+                None
+            }
+        }
+    }
+
+    /// Publishes a plan this pod just made, so the pods that adopted the job
+    /// start on it within one notice.
+    async fn share_plan(&self, plan: &Plan) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let published = match serde_json::to_string(plan) {
+            Ok(json) => registry
+                .publish_plan(plan.job_id, &json)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(err) = published {
+            // The others find job.json on storage instead.
+            tracing::warn!(job = %plan.job_id, "publishing the plan: {err}");
         }
     }
 

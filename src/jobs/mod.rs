@@ -56,7 +56,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Sources probed and planned at once.
@@ -89,8 +89,10 @@ struct JobEntry {
     run: Mutex<Option<Arc<JobRun>>>,
     events: EventLog,
     /// Submitted to this pod (it probes and plans); an adopted job waits for
-    /// the submitting pod's `job.json` first.
+    /// the submitting pod's plan first.
     created_here: bool,
+    /// Woken by the planner's `planned` notice.
+    planned: Notify,
 }
 
 impl JobEntry {
@@ -101,6 +103,7 @@ impl JobEntry {
             run: Mutex::new(None),
             events: EventLog::new(),
             created_here,
+            planned: Notify::new(),
         })
     }
 

@@ -10,12 +10,13 @@
 //! | `segswarm:{<job>}:claimed`           | set of units claimed and not given back                 | coordinator |
 //! | `segswarm:{<job>}:attempts`          | hash unit → failed attempts                             | coordinator |
 //! | channel `segswarm:{<job>}:units`     | `done <unit>` / `free <unit>` notices                   | coordinator |
-//! | `segswarm:{<job>}:job`               | hash: `status`, `record`, progress step, once-flags     | registry    |
+//! | `segswarm:{<job>}:job`               | hash: `status`, `record`, `plan`, progress, once-flags  | registry    |
 //! | `segswarm:{<job>}:seq`               | the last event id                                       | registry    |
 //! | `segswarm:{<job>}:history`           | list of the job's last events                           | registry    |
 //! | channel `segswarm:{<job>}:events`    | each event as `<seq> <origin> <name> <job JSON>`        | registry    |
 //! | `segswarm:jobs`                      | sorted set of active jobs (priority, then age)          | registry    |
-//! | channel `segswarm:control`           | `new <job>` and `cancel <job>`                          | registry    |
+//! | `segswarm:pods`                      | hash worker id → `<slots> <busy> <expires ms>`          | coordinator |
+//! | channel `segswarm:control`           | `new <job>`, `planned <job>`, `cancel <job>`            | registry    |
 //!
 //! Nothing else in the crate spells a key.
 
@@ -24,7 +25,10 @@ use crate::JobId;
 
 /// The set of active jobs (also what KEDA scales on).
 pub const ACTIVE_JOBS: &str = "segswarm:jobs";
-/// The channel of job-level notices (`new <job>`, `cancel <job>`).
+/// The live pods and their slots (the heartbeat), for the cluster's
+/// capacity.
+pub const PODS: &str = "segswarm:pods";
+/// The channel of job-level notices (`new <job>`, `planned <job>`, `cancel <job>`).
 pub const CONTROL_CHANNEL: &str = "segswarm:control";
 /// The pattern of every job's unit-notice channel.
 pub const UNITS_PATTERN: &str = "segswarm:{*}:units";

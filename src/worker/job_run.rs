@@ -118,10 +118,12 @@ impl JobRun {
         lock(&self.book)
     }
 
-    pub(super) fn policy(&self) -> JobPolicy {
+    /// The job's policy now, in a cluster of `cluster_slots` slots.
+    pub(super) fn policy(&self, cluster_slots: usize) -> JobPolicy {
         JobPolicy {
             eager_video: self.options.eager_video,
             plays: self.plays.load(Ordering::Relaxed),
+            cluster_slots,
         }
     }
 

@@ -14,6 +14,7 @@
 //! It never parses requests or prints anything for a user.
 
 mod batch;
+mod capacity;
 mod encoder;
 mod failure;
 mod health;
@@ -21,6 +22,7 @@ mod job_run;
 mod lease;
 mod notices;
 mod outcome;
+mod pieces;
 mod publish;
 mod request;
 mod schedule;
@@ -166,11 +168,18 @@ struct Shared {
     cpu: CpuGauge,
     /// Makes a batch's outputs (ffmpeg, or a simulation's sleep).
     encoder: Arc<dyn Encoder>,
+    /// This pod's slots and the cluster's, from the heartbeats.
+    capacity: capacity::Capacity,
 }
 
 impl Shared {
     fn running_jobs(&self) -> Vec<Arc<JobRun>> {
         lock(&self.jobs).clone()
+    }
+
+    /// Slots of every live pod (this pod's own without a cluster).
+    fn cluster_slots(&self) -> usize {
+        self.capacity.cluster_slots()
     }
 
     fn running_job(&self, id: JobId) -> Option<Arc<JobRun>> {
@@ -204,6 +213,7 @@ impl Worker {
         encoder: Arc<dyn Encoder>,
     ) -> Worker {
         let (events, _) = broadcast::channel(4096);
+        let own_slots = settings.run.slots.fixed.max(1);
         let shared = Arc::new(Shared {
             settings,
             coord,
@@ -217,7 +227,9 @@ impl Worker {
             circuit: FailureCircuit::default(),
             cpu: CpuGauge::new(),
             encoder,
+            capacity: capacity::Capacity::new(own_slots),
         });
+        tokio::spawn(capacity::beat(Arc::downgrade(&shared)));
         if let Some(notices) = shared.coord.unit_notices() {
             tokio::spawn(notices::follow(Arc::downgrade(&shared), notices));
         }

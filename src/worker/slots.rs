@@ -54,7 +54,10 @@ impl Shared {
                 continue;
             }
             match self.next_claimed().await {
-                Some(claimed) => self.run_claimed(claimed).await,
+                Some(claimed) => {
+                    let _busy = self.capacity.busy();
+                    self.run_claimed(claimed).await
+                }
                 None => {
                     tokio::select! {
                         _ = notified => {}
@@ -73,7 +76,7 @@ impl Shared {
                 continue;
             }
             loop {
-                let policy = job.policy();
+                let policy = job.policy(self.cluster_slots());
                 let units = reserve_next(&mut job.book(), &job.plan, policy, Instant::now());
                 let Some(units) = units else { break };
                 if let Some(claimed) = self.claim(&job, units).await {

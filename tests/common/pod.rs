@@ -24,6 +24,7 @@ pub struct PodBuilder {
     path_prefix: Option<PathBuf>,
     token: Option<String>,
     test_defaults: bool,
+    cpus: Option<String>,
 }
 
 impl PodBuilder {
@@ -52,11 +53,26 @@ impl PodBuilder {
         self
     }
 
+    /// Runs the pod under `taskset -c <cpus>` (e.g. `"0"` or `"0,2"`): it
+    /// and the ffmpeg it starts may use only those cores. `taskset` execs
+    /// the binary, so [`Pod::pid`] is still the pod's.
+    pub fn taskset(mut self, cpus: &str) -> Self {
+        self.cpus = Some(cpus.to_string());
+        self
+    }
+
     /// The `segswarm serve` command with this builder's environment,
     /// listening on `addr`, its stdout and stderr going to `log`.
     fn command(&self, addr: SocketAddr, log: &Path) -> Command {
         let log_file = std::fs::File::create(log).expect("create pod log");
-        let mut cmd = Command::new(bin());
+        let mut cmd = match &self.cpus {
+            Some(cpus) => {
+                let mut cmd = Command::new("taskset");
+                cmd.arg("-c").arg(cpus).arg(bin());
+                cmd
+            }
+            None => Command::new(bin()),
+        };
         cmd.arg("serve");
         for (key, _) in std::env::vars() {
             if key.starts_with("SEGSWARM_") || key == "REDIS_URL" {
@@ -178,6 +194,7 @@ impl Pod {
             path_prefix: None,
             token: None,
             test_defaults: true,
+            cpus: None,
         }
     }
 

@@ -189,3 +189,23 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         _ => panic!("cannot read utime and stime from /proc/{pid}/stat: {stat}"),
     }
 }
+
+/// CPU time (user + system) of one process and of the children it has
+/// waited for (`cutime` + `cstime`: for a pod, the ffmpeg and ffprobe runs
+/// it reaped), in seconds of `/proc/<pid>/stat`'s 1/100 s ticks.
+pub fn cpu_seconds_with_children(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
+    // After the command name: utime 11, stime 12, cutime 13, cstime 14.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: Option<Vec<f64>> = (11..=14)
+        .map(|i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .collect();
+    match ticks {
+        Some(ticks) => ticks.iter().sum::<f64>() / 100.0,
+        None => panic!("cannot read CPU times from /proc/{pid}/stat: {stat}"),
+    }
+}

@@ -21,6 +21,7 @@ pub(super) struct Scripts {
     pub(super) unmark_done: Script,
     pub(super) peek: Script,
     pub(super) forget: Script,
+    pub(super) heartbeat: Script,
 }
 
 impl Scripts {
@@ -34,6 +35,7 @@ impl Scripts {
             unmark_done: Script::new(UNMARK_DONE),
             peek: Script::new(PEEK),
             forget: Script::new(FORGET),
+            heartbeat: Script::new(HEARTBEAT),
         }
     }
 }
@@ -147,6 +149,32 @@ return {redis.call('SISMEMBER', KEYS[1], ARGV[1]), redis.call('PTTL', KEYS[2])}
 const FORGET: &str = r"
 for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 return 1
+";
+
+/// KEYS: the pods hash. ARGV: worker id, slots, busy slots, TTL ms.
+/// Records this pod as `<slots> <busy> <expires ms>` (Redis's clock, so
+/// pods' clocks need not agree), drops pods whose entry expired, and
+/// returns {pods, slots, busy} over the live ones. The hash itself expires
+/// when no pod beats any more.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. (now + ttl))
+local pods, slots, busy = 0, 0, 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local s, b, e = string.match(all[i + 1], '^(%d+) (%d+) (%d+)$')
+  if e == nil or tonumber(e) < now then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    pods = pods + 1
+    slots = slots + tonumber(s)
+    busy = busy + tonumber(b)
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return {pods, slots, busy}
 ";
 
 #[cfg(test)]

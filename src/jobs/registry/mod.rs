@@ -242,6 +242,39 @@ impl Registry {
         .await
     }
 
+    /// Keeps the job's plan (`job.json`'s text) beside its record and tells
+    /// every pod it is there: a pod that adopted the job starts on it at
+    /// once, without reading shared storage (whose caches may not show the
+    /// file yet) or probing the source again.
+    pub async fn publish_plan(&self, job: JobId, plan_json: &str) -> Result<(), RegistryError> {
+        let mut conn = self.connection("publish plan").await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(JobKeys::new(job).job())
+            .arg("plan")
+            .arg(plan_json)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(keys::CONTROL_CHANNEL)
+            .arg(format!("planned {job}"))
+            .ignore();
+        self.bounded("publish plan", pipe.query_async::<()>(&mut *conn))
+            .await
+    }
+
+    /// The job's plan JSON, once the pod that planned it published it.
+    pub async fn plan(&self, job: JobId) -> Result<Option<String>, RegistryError> {
+        let mut conn = self.connection("plan").await?;
+        self.bounded(
+            "plan",
+            redis::cmd("HGET")
+                .arg(JobKeys::new(job).job())
+                .arg("plan")
+                .query_async(&mut *conn),
+        )
+        .await
+    }
+
     /// Tells every pod to stop the job.
     pub async fn cancel(&self, job: JobId) -> Result<(), RegistryError> {
         let mut conn = self.connection("cancel").await?;

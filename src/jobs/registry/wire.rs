@@ -1,5 +1,5 @@
 //! What other pods say, as this pod reads it off Redis: control notices
-//! (`new <job>`, `cancel <job>`) and job events
+//! (`new <job>`, `planned <job>`, `cancel <job>`) and job events
 //! (`<seq> <origin> <name> <job JSON>`, written by
 //! [`super::scripts::PUBLISH`]), typed into [`Incoming`] and [`RemoteEvent`].
 //!
@@ -16,6 +16,8 @@ use crate::JobId;
 pub enum Incoming {
     /// A job was submitted somewhere.
     New(JobId),
+    /// A job's plan was published (its planner probed and planned it).
+    Planned(JobId),
     /// A job was canceled somewhere.
     Cancel(JobId),
     /// A job event emitted by another pod.
@@ -41,6 +43,7 @@ pub(super) fn parse_control(payload: &str) -> Option<Incoming> {
     let job = job.parse().ok()?;
     match verb {
         "new" => Some(Incoming::New(job)),
+        "planned" => Some(Incoming::Planned(job)),
         "cancel" => Some(Incoming::Cancel(job)),
         _ => None,
     }
@@ -135,6 +138,9 @@ mod tests {
         assert!(matches!(parse_control(&format!("new {id}")), Some(Incoming::New(j)) if j == id));
         assert!(
             matches!(parse_control(&format!("cancel {id}")), Some(Incoming::Cancel(j)) if j == id)
+        );
+        assert!(
+            matches!(parse_control(&format!("planned {id}")), Some(Incoming::Planned(j)) if j == id)
         );
         assert!(parse_control(&format!("pause {id}")).is_none());
         assert!(parse_control("new not-a-uuid").is_none());
