@@ -28,6 +28,7 @@ mod scale;
 mod shared_redis;
 mod sim;
 mod simulate;
+mod sleep_encoder;
 
 use clap::{CommandFactory, Parser, Subcommand};
 

@@ -12,29 +12,34 @@
 //! the ideal cost batches each segment's renditions once (one decode); how
 //! busy the slots were; start idle (until every pod runs a unit); tail idle
 //! (per pod, makespan minus the end of its last encode, mean over pods);
-//! claims. Times are wall seconds of the run, at `--time-scale`.
+//! the mean idle gap of a pod between two encodes (finishing one batch,
+//! claiming the next); claims; how much later than their cost encodes
+//! ended and how late the runtime's timers fired (all pods share one
+//! runtime); how busy this machine was: the bench process and Redis ("sim
+//! cpu"), every process ("machine busy"). Times are wall seconds of the
+//! run, at `--time-scale`: the worker's own waits (claim round trips,
+//! rechecks, the audio trickle's 100 ms) do not scale, so a small scale
+//! overstates them.
 
-use crate::report::Report;
+use crate::common::process::cpu_seconds_with_children;
+use crate::common::stats::Latencies;
+use crate::cpu_trace::CpuSampler;
+use crate::report::{ms, Report};
 use crate::shared_redis::{RedisArgs, SharedRedis};
+use crate::sleep_encoder::{tiny_segment, Costs, Encode, EncodeLog, SleepEncoder};
 use anyhow::{bail, ensure, Context};
-use async_trait::async_trait;
 use clap::Args;
 use futures_util::future::join_all;
-use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 // Everything this file uses from the library.
 use segswarm::{
     coordination::{Coordinator, Metrics, RedisCoordinator},
-    pipeline::{
-        AudioInfo, Batch, EncodeError, Plan, RunControl, RunError, Source, SourceInfo, Storage,
-        VideoInfo,
-    },
+    pipeline::{AudioInfo, Plan, Source, SourceInfo, Storage, VideoInfo},
     settings::{ClaimTtl, EncodeSettings, RunSettings, Slots},
-    simulation::{Encoder, JobOptions, Worker, WorkerSettings},
+    simulation::{JobOptions, Worker, WorkerSettings},
     JobId, JobOutcome,
 };
 
@@ -71,272 +76,11 @@ pub struct SimulateArgs {
     /// once; see [`stand_in_ffprobe`]).
     #[arg(long)]
     pub real_ffprobe: bool,
-    /// Write `pods,repeat,t_s,pod,units_running` rows to this CSV: one row
-    /// per pod at the start, then one whenever a pod's running units change.
+    /// Write `pods,repeat,t_s,pod,units_running,batch` rows to this CSV:
+    /// one row per pod at the start, then one whenever a pod's running
+    /// units change (`batch`: what started or ended then).
     #[arg(long)]
     pub trace: Option<PathBuf>,
-}
-
-/// CPU milliseconds of the pieces of a job on one core, one thread: the
-/// JSON of `scripts/bench-rung-costs`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Costs {
-    /// Decoding one frame of the 1080p source.
-    pub decode_ms_per_frame: f64,
-    /// One ffmpeg process: start-up, probing the input, the first frame.
-    pub batch_overhead_ms: f64,
-    /// Scaling and encoding one frame, per rendition name.
-    pub rung_ms_per_frame: BTreeMap<String, f64>,
-    /// The audio track (AAC 128k) per second of source.
-    pub audio_ms_per_source_second: f64,
-    /// The thumbnail (start-up and webp) besides decoding up to its time.
-    pub thumbnail_ms: f64,
-}
-
-impl Default for Costs {
-    /// Measured by `scripts/bench-rung-costs` (REPEAT=3, medians) on
-    /// 2026-12-01, on the 2-core VM shared with other builds (AMD EPYC,
-    /// load average 2-11 during the run): see docs/benchmarks.md, figure 8.
-    fn default() -> Self {
-        Costs {
-            decode_ms_per_frame: 4.950,
-            batch_overhead_ms: 320.0,
-            rung_ms_per_frame: [
-                ("240p", 1.967),
-                ("360p", 4.433),
-                ("480p", 7.267),
-                ("720p", 17.767),
-                ("1080p", 25.033),
-            ]
-            .into_iter()
-            .map(|(name, ms)| (name.to_string(), ms))
-            .collect(),
-            audio_ms_per_source_second: 22.0,
-            thumbnail_ms: 536.6,
-        }
-    }
-}
-
-impl Costs {
-    fn read(path: &Path) -> anyhow::Result<Costs> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-    }
-
-    fn rung(&self, rendition: &str) -> f64 {
-        self.rung_ms_per_frame.get(rendition).copied().unwrap_or(0.0)
-    }
-
-    /// One batch: one process, one decode of the segment's frames, one
-    /// encode per rendition.
-    fn batch_ms(&self, batch: &Batch, plan: &Plan) -> f64 {
-        match batch {
-            Batch::Video { segment, outputs } => {
-                let per_frame = self.decode_ms_per_frame
-                    + outputs
-                        .iter()
-                        .map(|o| self.rung(&o.rendition.name))
-                        .sum::<f64>();
-                self.batch_overhead_ms + per_frame * segment.frames as f64
-            }
-            Batch::Audio { .. } => self.audio_ms_per_source_second * plan.duration,
-            Batch::Thumbnail { .. } => {
-                let fps = plan.total_frames as f64 / plan.duration;
-                self.thumbnail_ms + self.decode_ms_per_frame * plan.thumbnail.time * fps
-            }
-        }
-    }
-
-    /// The whole job done the ideal way: each segment one batch of every
-    /// rendition, the audio track, the thumbnail.
-    fn job_ms(&self, plan: &Plan) -> f64 {
-        let per_frame = self.decode_ms_per_frame
-            + plan
-                .renditions
-                .iter()
-                .map(|r| self.rung(&r.name))
-                .sum::<f64>();
-        let video: f64 = plan
-            .segments
-            .iter()
-            .map(|s| self.batch_overhead_ms + per_frame * s.frames as f64)
-            .sum();
-        let fps = plan.total_frames as f64 / plan.duration;
-        video
-            + self.audio_ms_per_source_second * plan.duration * plan.audio.len() as f64
-            + self.thumbnail_ms
-            + self.decode_ms_per_frame * plan.thumbnail.time * fps
-    }
-}
-
-/// One encode a simulated pod ran (or began and was stopped).
-#[derive(Debug, Clone)]
-struct Encode {
-    pod: usize,
-    start: Instant,
-    end: Instant,
-    units: usize,
-    video: bool,
-}
-
-/// What the encoders of one run did.
-#[derive(Default)]
-struct EncodeLog(Mutex<Vec<Encode>>);
-
-impl EncodeLog {
-    fn push(&self, encode: Encode) {
-        if let Ok(mut log) = self.0.lock() {
-            log.push(encode);
-        }
-    }
-
-    fn take(&self) -> Vec<Encode> {
-        self.0
-            .lock()
-            .map(|mut log| std::mem::take(&mut *log))
-            .unwrap_or_default()
-    }
-}
-
-/// How often the simulated encoder reports progress (ffmpeg's `-progress`
-/// period): the worker renews leases only while progress comes.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
-
-/// The simulated encoder of one pod: sleeps for the batch's cost, then
-/// writes what the worker publishes. A video segment is a one-frame H.264
-/// MPEG-TS file (made once with ffmpeg: the packager reads segment 0's codec
-/// for the master playlist, once per rendition when it can, and runs
-/// ffprobe again at every master rewrite when it cannot), the thumbnail a
-/// small file at its in-progress path; the audio track is written the way
-/// ffmpeg's hls muxer writes it (a segment and a rewritten EVENT playlist
-/// every segment duration of source, ENDLIST at the end), so the worker
-/// publishes it while it runs and the job plays after its first segment.
-struct SleepEncoder {
-    pod: usize,
-    costs: Arc<Costs>,
-    time_scale: f64,
-    segment: Arc<Vec<u8>>,
-    log: Arc<EncodeLog>,
-}
-
-#[async_trait]
-impl Encoder for SleepEncoder {
-    async fn encode(
-        &self,
-        batch: &Batch,
-        plan: &Plan,
-        control: RunControl,
-    ) -> Result<(), EncodeError> {
-        let start = Instant::now();
-        let cost = Duration::from_secs_f64(self.costs.batch_ms(batch, plan) * self.time_scale / 1e3);
-        let result = match batch {
-            Batch::Video { outputs, .. } => {
-                sleep(start + cost, batch, &control).await.and_then(|()| {
-                    outputs
-                        .iter()
-                        .try_for_each(|o| write(batch, &o.tmp_path, &self.segment))
-                })
-            }
-            Batch::Thumbnail { tmp_path } => sleep(start + cost, batch, &control)
-                .await
-                .and_then(|()| write(batch, tmp_path, b"simulated thumbnail")),
-            Batch::Audio { work, .. } => {
-                let segment = f64::from(plan.settings.segment_duration);
-                let count = ((plan.duration / segment) - 1e-9).ceil().max(1.0) as usize;
-                let mut listed = Vec::new();
-                let mut result = Ok(());
-                for index in 0..count {
-                    let seconds = (plan.duration - segment * index as f64).min(segment);
-                    let due = start + cost.mul_f64(segment * (index + 1) as f64 / plan.duration);
-                    let name = format!("seg_{index:05}.ts");
-                    result = sleep(due.min(start + cost), batch, &control)
-                        .await
-                        .and_then(|()| write(batch, &work.file(&name), b"simulated audio"));
-                    if result.is_err() {
-                        break;
-                    }
-                    listed.push((name, seconds));
-                    let text = audio_playlist(&listed, segment, index + 1 == count);
-                    result = write_whole(batch, &work.playlist(), text.as_bytes());
-                    if result.is_err() {
-                        break;
-                    }
-                }
-                result
-            }
-        };
-        let units = match batch {
-            Batch::Video { outputs, .. } => outputs.len(),
-            _ => 1,
-        };
-        self.log.push(Encode {
-            pod: self.pod,
-            start,
-            end: Instant::now(),
-            units,
-            video: matches!(batch, Batch::Video { .. }),
-        });
-        result
-    }
-}
-
-/// Sleeps until `until`, reporting progress; a canceled run stops at once.
-async fn sleep(until: Instant, batch: &Batch, control: &RunControl) -> Result<(), EncodeError> {
-    loop {
-        if let Some(progress) = &control.progress {
-            let _ = progress.send(Instant::now());
-        }
-        let now = Instant::now();
-        if now >= until {
-            return Ok(());
-        }
-        let step = (until - now).min(PROGRESS_INTERVAL);
-        tokio::select! {
-            _ = control.cancel.cancelled() => {
-                return Err(EncodeError::Run {
-                    what: batch.describe(),
-                    error: RunError::Canceled { program: "simulated encoder" },
-                });
-            }
-            _ = tokio::time::sleep(step) => {}
-        }
-    }
-}
-
-fn write(batch: &Batch, path: &Path, bytes: &[u8]) -> Result<(), EncodeError> {
-    std::fs::write(path, bytes).map_err(|error| EncodeError::Verify {
-        what: batch.describe(),
-        path: path.to_path_buf(),
-        reason: format!("writing the simulated output: {error}"),
-    })
-}
-
-/// Writes `path` whole under its name (as the hls muxer's `temp_file`).
-fn write_whole(batch: &Batch, path: &Path, bytes: &[u8]) -> Result<(), EncodeError> {
-    let tmp = path.with_extension("m3u8.tmp");
-    write(batch, &tmp, bytes)?;
-    std::fs::rename(&tmp, path).map_err(|error| EncodeError::Verify {
-        what: batch.describe(),
-        path: path.to_path_buf(),
-        reason: format!("renaming the simulated playlist: {error}"),
-    })
-}
-
-/// The hls muxer's EVENT playlist of the segments so far.
-fn audio_playlist(segments: &[(String, f64)], target: f64, finished: bool) -> String {
-    let mut text = format!(
-        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:0\n\
-         #EXT-X-PLAYLIST-TYPE:EVENT\n",
-        target.ceil() as u64
-    );
-    for (name, seconds) in segments {
-        text.push_str(&format!("#EXTINF:{seconds:.6},\n{name}\n"));
-    }
-    if finished {
-        text.push_str("#EXT-X-ENDLIST\n");
-    }
-    text
 }
 
 /// The plan of a `duration`-second 1920x1080 30 fps source with one stereo
@@ -380,24 +124,6 @@ fn simulated_plan(duration: f64) -> anyhow::Result<Plan> {
         EncodeSettings::default(),
         &info,
     )?)
-}
-
-/// The bytes of every simulated video segment: one 64x64 H.264 (High)
-/// frame in MPEG-TS, made once.
-fn tiny_segment(dir: &Path) -> anyhow::Result<Vec<u8>> {
-    let path = dir.join("tiny-segment.ts");
-    let status = std::process::Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("color=c=gray:s=64x64:r=30")
-        .args(["-frames:v", "1", "-c:v", "libx264", "-profile:v", "high"])
-        .args(["-pix_fmt", "yuv420p", "-f", "mpegts"])
-        .arg(&path)
-        .status()
-        .context("running ffmpeg for the simulated segment")?;
-    ensure!(status.success(), "ffmpeg for the simulated segment: {status}");
-    let bytes = std::fs::read(&path)?;
-    std::fs::remove_file(&path)?;
-    Ok(bytes)
 }
 
 /// Puts a stand-in `ffprobe` first on this process's PATH. The only ffprobe
@@ -462,12 +188,53 @@ struct RunFigures {
     busy: f64,
     start_idle: f64,
     tail_idle_mean: f64,
+    gap_mean: f64,
+    overrun_mean: f64,
+    lag: Latencies,
+    sim_busy: f64,
+    machine_busy: f64,
     claim_calls: u64,
     claims_won: u64,
     claims_held: u64,
     video_batches: usize,
     encodes: Vec<Encode>,
     started: Instant,
+}
+
+/// How late this process's timers fire while the pods run: a task that
+/// sleeps 10 ms again and again. All pods share one runtime on this
+/// machine's cores; when they are busy (the pods' bookkeeping, other
+/// processes), every pod's claims, notices and sleeps are late by this
+/// much, which real pods on their own machines would not be.
+struct RuntimeLag {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Latencies>,
+}
+
+impl RuntimeLag {
+    const PERIOD: Duration = Duration::from_millis(10);
+
+    fn start() -> RuntimeLag {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut lag = Latencies::default();
+                while !stop.is_cancelled() {
+                    let asleep = Instant::now();
+                    tokio::time::sleep(Self::PERIOD).await;
+                    lag.push(asleep.elapsed().saturating_sub(Self::PERIOD));
+                }
+                lag
+            }
+        });
+        RuntimeLag { stop, task }
+    }
+
+    async fn stop(self) -> anyhow::Result<Latencies> {
+        self.stop.cancel();
+        self.task.await.context("the runtime lag task failed")
+    }
 }
 
 /// One simulated pod.
@@ -514,7 +281,7 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<Report> {
                 std::fs::File::create(path)
                     .with_context(|| format!("creating {}", path.display()))?,
             );
-            writeln!(file, "pods,repeat,t_s,pod,units_running")?;
+            writeln!(file, "pods,repeat,t_s,pod,units_running,batch")?;
             Some(file)
         }
         None => None,
@@ -545,10 +312,27 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<Report> {
             report.add(format!("{label} busy %"), 100.0 * figures.busy);
             report.add(format!("{label} start idle s"), figures.start_idle);
             report.add(format!("{label} tail idle mean s"), figures.tail_idle_mean);
+            report.add(format!("{label} gap mean ms"), 1e3 * figures.gap_mean);
             report.add(format!("{label} claim calls"), figures.claim_calls as f64);
             report.add(format!("{label} claims won"), figures.claims_won as f64);
             report.add(format!("{label} claims held"), figures.claims_held as f64);
-            report.add(format!("{label} video batches"), figures.video_batches as f64);
+            report.add(
+                format!("{label} video batches"),
+                figures.video_batches as f64,
+            );
+            report.add(
+                format!("{label} overrun mean ms"),
+                1e3 * figures.overrun_mean,
+            );
+            report.add(
+                format!("{label} runtime lag p99 ms"),
+                ms(figures.lag.percentile(99.0)),
+            );
+            report.add(format!("{label} sim cpu %"), 100.0 * figures.sim_busy);
+            report.add(
+                format!("{label} machine busy %"),
+                100.0 * figures.machine_busy,
+            );
             if let Some(file) = trace.as_mut() {
                 write_trace(file, pods, repeat, &figures)?;
             }
@@ -613,7 +397,13 @@ async fn run_once(
     }
     let storage = Storage::new(storage_root);
     let layout = storage.job(plan.job_id);
+    let (own_cpu, redis_cpu) = (
+        cpu_seconds_with_children(std::process::id()),
+        redis.cost().cpu_seconds,
+    );
     let started = Instant::now();
+    let machine = CpuSampler::start(started, Duration::from_secs(1))?;
+    let lag = RuntimeLag::start();
     let added = join_all(cluster.iter().map(|pod| {
         pod.worker
             .add_job(plan.clone(), layout.clone(), JobOptions::default())
@@ -645,6 +435,14 @@ async fn run_once(
         finished = finished.max(*at);
     }
     let makespan = (finished - started).as_secs_f64();
+    let sim_cpu = cpu_seconds_with_children(std::process::id()) - own_cpu
+        + redis.cost().cpu_seconds
+        - redis_cpu;
+    let machine = machine.stop().await?;
+    let lag = lag.stop().await?;
+    let cores: Vec<usize> =
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    let machine_busy = machine.busy_seconds(&cores) / (makespan * cores.len() as f64);
     let (mut claim_calls, mut claims_won, mut claims_held) = (0, 0, 0);
     for pod in &cluster {
         claim_calls += pod.metrics.claim_seconds.get_sample_count();
@@ -669,21 +467,52 @@ async fn run_once(
         .map(|e| (e.end - e.start).as_secs_f64())
         .sum::<f64>()
         / (capacity * makespan);
-    let mut first_start = vec![makespan; pods];
-    let mut last_end = vec![0.0f64; pods];
+    let mut by_pod: Vec<Vec<(f64, f64)>> = vec![Vec::new(); pods];
     for encode in &encodes {
         let (start, end) = (
             (encode.start - started).as_secs_f64(),
             (encode.end - started).as_secs_f64(),
         );
-        first_start[encode.pod] = first_start[encode.pod].min(start);
-        last_end[encode.pod] = last_end[encode.pod].max(end);
+        by_pod[encode.pod].push((start, end));
+    }
+    let mut first_start = vec![makespan; pods];
+    let mut last_end = vec![0.0f64; pods];
+    let mut gaps = Vec::new();
+    for (pod, mut spans) in by_pod.into_iter().enumerate() {
+        spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Idle between busy periods (a pod with several slots is busy
+        // while any of them runs).
+        let mut busy_until = None;
+        for (start, end) in spans {
+            first_start[pod] = first_start[pod].min(start);
+            last_end[pod] = last_end[pod].max(end);
+            match busy_until {
+                Some(until) if start > until => {
+                    gaps.push(start - until);
+                    busy_until = Some(end);
+                }
+                Some(until) => busy_until = Some(end.max(until)),
+                None => busy_until = Some(end),
+            }
+        }
     }
     Ok(RunFigures {
         makespan,
         busy,
         start_idle: first_start.iter().copied().fold(0.0, f64::max),
         tail_idle_mean: last_end.iter().map(|end| makespan - end).sum::<f64>() / pods as f64,
+        gap_mean: gaps.iter().sum::<f64>() / gaps.len().max(1) as f64,
+        overrun_mean: {
+            let overruns: Vec<f64> = encodes
+                .iter()
+                .filter(|e| e.finished)
+                .map(|e| (e.end - e.start).as_secs_f64() - e.cost.as_secs_f64())
+                .collect();
+            overruns.iter().sum::<f64>() / overruns.len().max(1) as f64
+        },
+        lag,
+        sim_busy: sim_cpu / (makespan * cores.len() as f64),
+        machine_busy,
         claim_calls,
         claims_won,
         claims_held,
@@ -701,29 +530,28 @@ fn write_trace(
     repeat: usize,
     figures: &RunFigures,
 ) -> anyhow::Result<()> {
-    let mut changes: Vec<(f64, usize, i64)> = Vec::new();
+    let mut changes: Vec<(f64, usize, i64, &str)> = Vec::new();
     for encode in &figures.encodes {
         let units = encode.units as i64;
-        changes.push((
-            (encode.start - figures.started).as_secs_f64(),
-            encode.pod,
-            units,
-        ));
-        changes.push((
-            (encode.end - figures.started).as_secs_f64(),
-            encode.pod,
-            -units,
-        ));
+        let at = |instant: Instant| (instant - figures.started).as_secs_f64();
+        let what = encode.what.as_str();
+        changes.push((at(encode.start), encode.pod, units, what));
+        changes.push((at(encode.end), encode.pod, -units, what));
     }
     // Ends before starts at the same instant.
     changes.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
     let mut running = vec![0i64; pods];
     for pod in 0..pods {
-        writeln!(file, "{pods},{repeat},0.000000,{pod},0")?;
+        writeln!(file, "{pods},{repeat},0.000000,{pod},0,")?;
     }
-    for (t, pod, delta) in changes {
+    for (t, pod, delta, what) in changes {
         running[pod] += delta;
-        writeln!(file, "{pods},{repeat},{t:.6},{pod},{}", running[pod])?;
+        let what = what.replace('"', "'");
+        writeln!(
+            file,
+            "{pods},{repeat},{t:.6},{pod},{},\"{what}\"",
+            running[pod]
+        )?;
     }
     Ok(())
 }
