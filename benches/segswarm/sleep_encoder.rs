@@ -34,25 +34,27 @@ pub struct Costs {
 }
 
 impl Default for Costs {
-    /// Measured by `scripts/bench-rung-costs` (REPEAT=3, medians) on
-    /// 2026-12-01, on the 2-core VM shared with other builds (AMD EPYC,
-    /// load average 2-11 during the run): see docs/benchmarks.md, figure 8.
+    /// Measured with `REPEAT=3 scripts/bench-rung-costs` on 2026-12-01
+    /// (medians of 3; one batch's samples differ by up to 24 %) on the
+    /// 2-core VM (AMD EPYC, ffmpeg 5.1.9) shared with other engineers'
+    /// builds and benches, load average 8.8 to 9.5 during the run:
+    /// docs/benchmarks.md, figure 8.
     fn default() -> Self {
         Costs {
-            decode_ms_per_frame: 4.950,
-            batch_overhead_ms: 320.0,
+            decode_ms_per_frame: 5.0167,
+            batch_overhead_ms: 300.0,
             rung_ms_per_frame: [
-                ("240p", 1.967),
-                ("360p", 4.433),
-                ("480p", 7.267),
-                ("720p", 17.767),
-                ("1080p", 25.033),
+                ("240p", 3.3667),
+                ("360p", 5.3),
+                ("480p", 8.8667),
+                ("720p", 14.7667),
+                ("1080p", 26.8),
             ]
             .into_iter()
             .map(|(name, ms)| (name.to_string(), ms))
             .collect(),
             audio_ms_per_source_second: 22.0,
-            thumbnail_ms: 536.6,
+            thumbnail_ms: 554.5,
         }
     }
 }
