@@ -81,6 +81,15 @@ impl From<mpeg2ts::Error> for TsError {
 /// runtime's threads).
 pub fn read(path: &Path) -> Result<TsSegment, TsError> {
     let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    // A file cut inside a packet: say so, rather than what the packet
+    // parser trips on.
+    if len % TsPacket::SIZE as u64 != 0 {
+        return Err(TsError::Demux(format!(
+            "cut short: {len} bytes is no whole number of {}-byte TS packets",
+            TsPacket::SIZE
+        )));
+    }
     parse(std::io::BufReader::with_capacity(1 << 16, file))
 }
 

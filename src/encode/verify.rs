@@ -199,3 +199,57 @@ pub async fn video_codec_string(segment: &Path) -> Option<String> {
         .ok()
         .map(|info| info.codec)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// x264's tick at 30 fps (num_units_in_tick 1, time_scale 60).
+    const TICK_30: Option<(u64, u64)> = Some((2, 60));
+
+    #[test]
+    fn a_source_on_the_frame_grid_starts_at_its_own_time() {
+        // Measured: a 30 fps mp4, segment 1 at 2 s, offset 10 s.
+        assert_eq!(expected_first_pts(2.0, 10.0, TICK_30), vec![1_080_000]);
+        // 29.97 fps, frame 60 (2.002 s): exact in both.
+        assert_eq!(
+            expected_first_pts(2.002, 10.0, Some((2002, 60000))),
+            vec![1_080_180]
+        );
+    }
+
+    #[test]
+    fn a_source_off_the_grid_may_start_on_the_encoders_grid() {
+        // Measured: an MPEG-TS source starting at 1.4 s, first frame at
+        // 1.421333 s; ffmpeg wrote 903000 (1.433333 s + 8.6 s).
+        let expected = expected_first_pts(1.421333, 8.6, TICK_30);
+        assert_eq!(expected, vec![901_920, 903_000]);
+        // Without timing information only the source's own time counts.
+        assert_eq!(expected_first_pts(1.421333, 8.6, None), vec![901_920]);
+    }
+
+    #[test]
+    fn a_time_halfway_between_ticks_accepts_both_roundings() {
+        let expected = expected_first_pts(1.0 / 60.0, 10.0, TICK_30);
+        assert_eq!(expected, vec![900_000, 901_500, 903_000]);
+    }
+
+    #[test]
+    fn a_frame_late_or_early_matches_nothing() {
+        let expected = expected_first_pts(2.0, 10.0, TICK_30);
+        for first in [1_077_000u64, 1_083_000] {
+            assert!(expected
+                .iter()
+                .all(|e| pts_distance(first, *e) > PTS_TOLERANCE));
+        }
+        assert!(expected
+            .iter()
+            .any(|e| pts_distance(1_080_002, *e) <= PTS_TOLERANCE));
+    }
+
+    #[test]
+    fn pts_distance_wraps_at_33_bits() {
+        assert_eq!(pts_distance(1, PTS_WRAP - 1), 2);
+        assert_eq!(pts_distance(5, 3), 2);
+    }
+}
