@@ -6,7 +6,10 @@
 
 mod common;
 
-use common::{ffprobe_json, gen_clip, media::run_checked, ClipSpec, TestDir};
+use common::{
+    assert_transcode_ok, ffprobe_json, gen_clip, media::run_checked, run_transcode, ClipSpec,
+    TestDir,
+};
 use segswarm::pipeline::{
     mpegts, probe, Batch, Plan, Rendition, RunControl, Segment, Source, TsSegment, VideoOutput,
 };
@@ -413,4 +416,40 @@ async fn damaged_or_wrong_outputs_fail_verification() {
     wide.width += 2;
     let err = verify(&plan, segment, &wide, good).await;
     assert!(err.contains("size 320x240, expected 322x240"), "{err}");
+}
+
+#[test]
+fn the_master_playlist_lists_the_codec_of_each_renditions_segments() {
+    let dir = TestDir::new("ts-master-codecs");
+    let source = dir.join("clip.mp4");
+    gen_clip(&source, &ClipSpec::new(4.0).size(1280, 720));
+    let out = dir.join("out");
+    assert_transcode_ok(&run_transcode(
+        &source,
+        &out,
+        &["--ladder", "240p,720p", "--segment-duration", "2"],
+    ));
+    let master = std::fs::read_to_string(out.join("master.m3u8")).unwrap();
+    let mut seen = Vec::new();
+    for rendition in ["240p", "720p"] {
+        let codec = sps_codec(&out.join(rendition).join("seg_00001.ts"));
+        let line = master
+            .lines()
+            .find(|l| l.contains(&format!("RESOLUTION={}", resolution(rendition))))
+            .unwrap_or_else(|| panic!("{rendition} not in\n{master}"));
+        assert!(
+            line.contains(&format!("CODECS=\"{codec},mp4a.40.2\"")),
+            "{rendition}: {line}"
+        );
+        seen.push(codec);
+    }
+    // Different levels: the master does not list one string for all.
+    assert_ne!(seen[0], seen[1]);
+}
+
+fn resolution(rendition: &str) -> &'static str {
+    match rendition {
+        "240p" => "426x240",
+        _ => "1280x720",
+    }
 }
