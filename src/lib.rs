@@ -66,9 +66,11 @@ pub mod coordination {
     pub use crate::redis_link::{RedisSettings, RedisSetupError};
 }
 
-/// The encoding pipeline's pieces, for benchmarks that time one step.
+/// The encoding pipeline's pieces, for tests and benchmarks that drive or
+/// time one step.
 pub mod pipeline {
-    pub use crate::encode::{Batch, EncodeError, VideoOutput};
+    pub use crate::encode::mpegts::{self, TsError, TsSegment};
+    pub use crate::encode::{Batch, EncodeError, Verified, VideoOutput};
     pub use crate::ffmpeg::{RunControl, RunError};
     pub use crate::plan::{Plan, PlanError, Rendition, Segment, Unit};
     pub use crate::probe::{probe, ProbeError, SourceInfo};

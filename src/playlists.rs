@@ -56,6 +56,7 @@ pub struct Packager {
 struct Written {
     media: HashMap<String, (usize, bool)>,
     master: Option<(Vec<String>, bool, Vec<bool>)>,
+    /// RFC 6381 codec string per rendition, once known.
     codecs: HashMap<String, String>,
 }
 
@@ -121,11 +122,14 @@ impl Packager {
         if listed.is_empty() || !audio_ready {
             return Ok(false);
         }
-        // Codecs are read from segment 0; in a full listing the master is
-        // written before any exists, so it is rewritten as they appear.
+        // Codecs are learned from a verified segment or read from segment
+        // 0; in a full listing the master is written before any exists, so
+        // it is rewritten as they become known.
         let measured: Vec<bool> = listed
             .iter()
-            .map(|name| self.layout.segment(name, 0).is_file())
+            .map(|name| {
+                self.lock().codecs.contains_key(name) || self.layout.segment(name, 0).is_file()
+            })
             .collect();
         let key = (listed.clone(), complete, measured);
         if self.lock().master.as_ref() != Some(&key) {
@@ -201,6 +205,22 @@ impl Packager {
         Ok(hls::master_playlist(variants, audio))
     }
 
+    /// Remembers the codec strings read from verified segments. The first
+    /// one of a rendition stays: all its segments are encoded with the same
+    /// settings, so one is enough and none is read again.
+    pub fn learn_codecs(&self, codecs: &[(String, String)]) {
+        let mut written = self.lock();
+        for (rendition, codec) in codecs {
+            written
+                .codecs
+                .entry(rendition.clone())
+                .or_insert_with(|| codec.clone());
+        }
+    }
+
+    /// A rendition's codec string: learned, or read once from its segment 0
+    /// (made by another pod), or x264's High profile at level 4.0 while it
+    /// cannot be read (tried again at the next write).
     async fn codec_of(&self, rendition: &str) -> String {
         if let Some(codec) = self.lock().codecs.get(rendition) {
             return codec.clone();

@@ -1,11 +1,12 @@
 //! The benchmark harness: `cargo bench --bench segswarm -- <figure> [flags]`
 //! (or `scripts/bench <figure> [flags]`). Coordination throughput and claim
 //! latency, scale-out efficiency, hand-off and takeover times, pod memory,
-//! time to playable, cluster scale-out with real encodes, a simulated
-//! cluster on the real scheduler. Each figure runs `--repeat` times and
-//! prints a table of min/median/max and one JSON line (`{"bench": ...,
-//! "repeat": ..., "figures": {...}}`) that `scripts/bench-smoke` checks.
-//! Results and how they were taken: docs/benchmarks.md.
+//! time to playable, cluster scale-out with real encodes, the cost of
+//! verifying a segment, a simulated cluster on the real scheduler. Each
+//! figure runs `--repeat` times and prints a table of min/median/max and
+//! one JSON line (`{"bench": ..., "repeat": ..., "figures": {...}}`) that
+//! `scripts/bench-smoke` checks. Results and how they were taken:
+//! docs/benchmarks.md.
 //!
 //! Redis servers, real pods, clips and scratch folders come from the test
 //! kit, `tests/common`, included below; the simulated pods of [`sim`] drive
@@ -29,6 +30,7 @@ mod shared_redis;
 mod sim;
 mod simulate;
 mod sleep_encoder;
+mod verify;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -60,8 +62,11 @@ enum Figure {
     /// One pod on one core against N pods on N cores, real encodes through
     /// one Redis: wall time, speed-up, CPU, idle cores (figure 7).
     Cluster(cluster::ClusterArgs),
+    /// Verifying one video segment: the in-process MPEG-TS reader against
+    /// the ffprobe child it replaced (figure 8).
+    Verify(verify::VerifyArgs),
     /// A simulated cluster on the real scheduler: Workers with an encoder
-    /// that sleeps for measured costs (figure 8).
+    /// that sleeps for measured costs (figure 9).
     Simulate(simulate::SimulateArgs),
 }
 
@@ -83,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Figure::Memory(args)) => memory::run(&args).await?,
         Some(Figure::Playable(args)) => playable::run(&args).await?,
         Some(Figure::Cluster(args)) => cluster::run(&args).await?,
+        Some(Figure::Verify(args)) => verify::run(&args).await?,
         Some(Figure::Simulate(args)) => simulate::run(&args).await?,
         // `cargo bench` without `--` and `cargo test --benches` run this
         // binary without a figure: say what there is, fail nothing.

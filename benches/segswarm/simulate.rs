@@ -1,4 +1,4 @@
-//! Figure 8: a simulated cluster on the real scheduler. `--pods` workers
+//! Figure 9: a simulated cluster on the real scheduler. `--pods` workers
 //! (the library's `Worker`: its slots, schedule, claims, leases, publishing
 //! and playlists) run in this process, each with its own `RedisCoordinator`
 //! on one shared Redis, all on one storage folder, and each is given the
@@ -26,7 +26,7 @@ use crate::common::stats::Latencies;
 use crate::cpu_trace::CpuSampler;
 use crate::report::{ms, Report};
 use crate::shared_redis::{RedisArgs, SharedRedis};
-use crate::sleep_encoder::{tiny_segment, Costs, Encode, EncodeLog, SleepEncoder};
+use crate::sleep_encoder::{tiny_segment, Costs, Encode, EncodeLog, SleepEncoder, TinySegment};
 use anyhow::{bail, ensure, Context};
 use clap::Args;
 use futures_util::future::join_all;
@@ -71,11 +71,6 @@ pub struct SimulateArgs {
     /// Folder for the job's storage (default /dev/shm, else $TMPDIR).
     #[arg(long)]
     pub storage_dir: Option<PathBuf>,
-    /// Let the pods run the real ffprobe for the master playlist's codec
-    /// strings (default: a stand-in script that prints segment 0's codec at
-    /// once; see [`stand_in_ffprobe`]).
-    #[arg(long)]
-    pub real_ffprobe: bool,
     /// Write `pods,repeat,t_s,pod,units_running,batch` rows to this CSV:
     /// one row per pod at the start, then one whenever a pod's running
     /// units change (`batch`: what started or ended then).
@@ -124,36 +119,6 @@ fn simulated_plan(duration: f64) -> anyhow::Result<Plan> {
         EncodeSettings::default(),
         &info,
     )?)
-}
-
-/// Puts a stand-in `ffprobe` first on this process's PATH. The only ffprobe
-/// the simulated pods run is the packager's, for the codec of each
-/// rendition's segment 0 (the simulated encoder verifies nothing): one run
-/// per rendition and pod, about 85 ms of CPU each on this machine. A real
-/// pod spends that on its own cores; here 64 pods x 5 renditions would
-/// queue 27 s of CPU on the bench machine's two cores around the first
-/// master playlists and hold each pod's slot while its packager waits. The
-/// stand-in answers what ffprobe answers for an x264 High segment.
-fn stand_in_ffprobe(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin)?;
-    let script = bin.join("ffprobe");
-    std::fs::write(
-        &script,
-        "#!/bin/sh
-# segswarm bench simulate: segment 0's codec, without decoding it.
-         echo 'stream|profile=High|codec_type=video|level=40'
-",
-    )?;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut paths = vec![bin];
-    paths.extend(std::env::split_paths(&path));
-    // Before any pod runs: no other thread of this process spawns a child
-    // or reads the environment yet.
-    std::env::set_var("PATH", std::env::join_paths(paths)?);
-    Ok(())
 }
 
 /// A folder removed when dropped.
@@ -272,9 +237,6 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<Report> {
     let redis = SharedRedis::new(&args.redis);
     let storage = Scratch::new(args.storage_dir.as_deref())?;
     let segment = Arc::new(tiny_segment(&storage.0)?);
-    if !args.real_ffprobe {
-        stand_in_ffprobe(&storage.0)?;
-    }
     let mut trace = match &args.trace {
         Some(path) => {
             let mut file = std::io::BufWriter::new(
@@ -352,7 +314,7 @@ async fn run_once(
     storage_root: &Path,
     pods: usize,
     plan: Arc<Plan>,
-    (costs, segment): (&Arc<Costs>, &Arc<Vec<u8>>),
+    (costs, segment): (&Arc<Costs>, &Arc<TinySegment>),
 ) -> anyhow::Result<RunFigures> {
     let slots = args.slots.max(1);
     let log = Arc::new(EncodeLog::default());

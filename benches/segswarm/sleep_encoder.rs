@@ -1,4 +1,4 @@
-//! The simulated encoder of figure 8 ([`crate::simulate`]): what one batch
+//! The simulated encoder of figure 9 ([`crate::simulate`]): what one batch
 //! costs on this machine ([`Costs`], measured by
 //! `scripts/bench-rung-costs`), an [`Encoder`] that sleeps for it and
 //! writes outputs the worker can publish ([`SleepEncoder`]), and the record
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 // Everything this file uses from the library.
 use segswarm::{
-    pipeline::{Batch, EncodeError, Plan, RunControl, RunError},
+    pipeline::{mpegts, Batch, EncodeError, Plan, RunControl, RunError, Verified},
     simulation::Encoder,
 };
 
@@ -38,7 +38,7 @@ impl Default for Costs {
     /// (medians of 3; one batch's samples differ by up to 24 %) on the
     /// 2-core VM (AMD EPYC, ffmpeg 5.1.9) shared with other engineers'
     /// builds and benches, load average 8.8 to 9.5 during the run:
-    /// docs/benchmarks.md, figure 8.
+    /// docs/benchmarks.md, figure 9.
     fn default() -> Self {
         Costs {
             decode_ms_per_frame: 5.0167,
@@ -155,11 +155,11 @@ impl EncodeLog {
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The simulated encoder of one pod: sleeps for the batch's cost, then
-/// writes what the worker publishes. A video segment is a one-frame H.264
-/// MPEG-TS file (made once with ffmpeg: the packager reads segment 0's codec
-/// for the master playlist, once per rendition when it can, and runs
-/// ffprobe again at every master rewrite when it cannot), the thumbnail a
-/// small file at its in-progress path; the audio track is written the way
+/// writes what the worker publishes and returns the codec strings the real
+/// verification would have read. A video segment is a one-frame H.264
+/// MPEG-TS file ([`TinySegment`]: a pod reads the codec of another pod's
+/// segment 0 for its master playlist), the thumbnail a small file at its
+/// in-progress path; the audio track is written the way
 /// ffmpeg's hls muxer writes it (a segment and a rewritten EVENT playlist
 /// every segment duration of source, ENDLIST at the end), so the worker
 /// publishes it while it runs and the job plays after its first segment.
@@ -168,8 +168,8 @@ pub struct SleepEncoder {
     pub costs: Arc<Costs>,
     /// Factor on every cost (0.1: ten times faster than measured).
     pub time_scale: f64,
-    /// The bytes of every video segment ([`tiny_segment`]).
-    pub segment: Arc<Vec<u8>>,
+    /// What every video segment holds.
+    pub segment: Arc<TinySegment>,
     pub log: Arc<EncodeLog>,
 }
 
@@ -180,7 +180,7 @@ impl Encoder for SleepEncoder {
         batch: &Batch,
         plan: &Plan,
         control: RunControl,
-    ) -> Result<(), EncodeError> {
+    ) -> Result<Verified, EncodeError> {
         let start = Instant::now();
         let cost =
             Duration::from_secs_f64(self.costs.batch_ms(batch, plan) * self.time_scale / 1e3);
@@ -189,7 +189,7 @@ impl Encoder for SleepEncoder {
                 sleep(start + cost, batch, &control).await.and_then(|()| {
                     outputs
                         .iter()
-                        .try_for_each(|o| write(batch, &o.tmp_path, &self.segment))
+                        .try_for_each(|o| write(batch, &o.tmp_path, &self.segment.bytes))
                 })
             }
             Batch::Thumbnail { tmp_path } => sleep(start + cost, batch, &control)
@@ -220,9 +220,15 @@ impl Encoder for SleepEncoder {
                 result
             }
         };
-        let units = match batch {
-            Batch::Video { outputs, .. } => outputs.len(),
-            _ => 1,
+        let (units, codecs) = match batch {
+            Batch::Video { outputs, .. } => (
+                outputs.len(),
+                outputs
+                    .iter()
+                    .map(|o| (o.rendition.name.clone(), self.segment.codec.clone()))
+                    .collect(),
+            ),
+            _ => (1, Vec::new()),
         };
         self.log.push(Encode {
             pod: self.pod,
@@ -234,7 +240,7 @@ impl Encoder for SleepEncoder {
             video: matches!(batch, Batch::Video { .. }),
             what: batch.describe(),
         });
-        result
+        result.map(|()| Verified { codecs })
     }
 }
 
@@ -296,9 +302,15 @@ fn audio_playlist(segments: &[(String, f64)], target: f64, finished: bool) -> St
     text
 }
 
-/// The bytes of every simulated video segment: one 64x64 H.264 (High)
-/// frame in MPEG-TS, made once.
-pub fn tiny_segment(dir: &Path) -> anyhow::Result<Vec<u8>> {
+/// Every simulated video segment: one 64x64 H.264 (High) frame in
+/// MPEG-TS, made once with ffmpeg, and its codec string.
+pub struct TinySegment {
+    pub bytes: Vec<u8>,
+    pub codec: String,
+}
+
+/// Makes the [`TinySegment`] in `dir` (and removes its file).
+pub fn tiny_segment(dir: &Path) -> anyhow::Result<TinySegment> {
     let path = dir.join("tiny-segment.ts");
     let status = std::process::Command::new("ffmpeg")
         .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
@@ -313,6 +325,9 @@ pub fn tiny_segment(dir: &Path) -> anyhow::Result<Vec<u8>> {
         "ffmpeg for the simulated segment: {status}"
     );
     let bytes = std::fs::read(&path)?;
+    let codec = mpegts::read(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .codec;
     std::fs::remove_file(&path)?;
-    Ok(bytes)
+    Ok(TinySegment { bytes, codec })
 }

@@ -1,5 +1,6 @@
-//! Encoding: the one place that builds ffmpeg arguments ([`args`]), and the
-//! checks an output must pass before it may be published ([`verify`]).
+//! Encoding: the one place that builds ffmpeg arguments ([`args`]), the
+//! checks an output must pass before it may be published ([`verify`]), and
+//! reading what an MPEG-TS segment holds ([`mpegts`]).
 //!
 //! A [`Batch`] is what one ffmpeg process produces: one segment of one or
 //! more video renditions (decode once, split, scale and encode each), or a
@@ -8,6 +9,7 @@
 //! never writes to the source.
 
 mod args;
+pub mod mpegts;
 mod verify;
 
 pub use verify::video_codec_string;
@@ -44,6 +46,13 @@ impl EncodeError {
 pub struct VideoOutput {
     pub rendition: Rendition,
     pub tmp_path: PathBuf,
+}
+
+/// What verification read of a batch's outputs that others want to know.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verified {
+    /// Per video output: its rendition's name and RFC 6381 codec string.
+    pub codecs: Vec<(String, String)>,
 }
 
 /// What one ffmpeg process produces.
@@ -89,7 +98,7 @@ impl Batch {
     }
 
     /// Runs ffmpeg for this batch, then verifies every output.
-    pub async fn run(&self, plan: &Plan, control: RunControl) -> Result<(), EncodeError> {
+    pub async fn run(&self, plan: &Plan, control: RunControl) -> Result<Verified, EncodeError> {
         let what = self.describe();
         run_ffmpeg(self.ffmpeg_args(plan), self.niceness(), control)
             .await
@@ -102,7 +111,7 @@ impl Batch {
 
     /// Checks the outputs: a truncated or empty output is a failed attempt,
     /// never a done unit.
-    pub async fn verify(&self, plan: &Plan) -> Result<(), EncodeError> {
+    pub async fn verify(&self, plan: &Plan) -> Result<Verified, EncodeError> {
         let failed = |path: PathBuf, reason: String| EncodeError::Verify {
             what: self.describe(),
             path,
@@ -110,18 +119,24 @@ impl Batch {
         };
         match self {
             Batch::Video { segment, outputs } => {
+                let mut verified = Verified::default();
                 for output in outputs {
-                    verify::segment(&output.tmp_path, segment.frames, &output.rendition)
+                    let info = verify::segment(&output.tmp_path, plan, segment, &output.rendition)
                         .await
                         .map_err(|reason| failed(output.tmp_path.clone(), reason))?;
+                    verified
+                        .codecs
+                        .push((output.rendition.name.clone(), info.codec));
                 }
-                Ok(())
+                Ok(verified)
             }
             Batch::Audio { work, .. } => verify::audio(work)
                 .await
+                .map(|()| Verified::default())
                 .map_err(|reason| failed(work.playlist(), reason)),
             Batch::Thumbnail { tmp_path } => verify::image(tmp_path, plan.thumbnail.width)
                 .await
+                .map(|()| Verified::default())
                 .map_err(|reason| failed(tmp_path.clone(), reason)),
         }
     }

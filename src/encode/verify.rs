@@ -1,10 +1,12 @@
 //! Checks an output must pass before it is published (a truncated or empty
 //! output is a failed attempt, never a done unit), and reading an output's
-//! codec for the master playlist. Each check is one ffprobe of the output;
-//! nothing here writes a file.
+//! codec for the master playlist. Video segments are read in process
+//! ([`super::mpegts`]); the audio rendition and the thumbnail (one check per
+//! job) are one ffprobe each. Nothing here writes a file.
 
+use super::mpegts::{self, TsSegment, TS_CLOCK};
 use crate::ffmpeg::run_ffprobe;
-use crate::plan::Rendition;
+use crate::plan::{Plan, Rendition, Segment};
 use crate::storage::AudioWorkDir;
 use std::ffi::OsString;
 use std::path::Path;
@@ -31,53 +33,124 @@ async fn ffprobe_compact(path: &Path, entries: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// A compact-format line's `key=value` field.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split('|')
-        .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
-}
+/// How far, in 90 kHz ticks, a segment's first PTS may be from the
+/// expected one (rounding of the source's time base and of the offset).
+const PTS_TOLERANCE: u64 = 2;
 
-/// A video segment must demux, hold exactly the planned frames, start with a
-/// keyframe and have the rendition's size.
+/// A video segment must be a non-empty MPEG-TS file that demuxes, hold
+/// exactly the planned frames, start with an IDR picture of the rendition's
+/// size, and start at the planned time ([`expected_first_pts`]). Returns
+/// what it read, for the codec string. Parsed in process
+/// ([`super::mpegts`]), not by an ffprobe child.
 pub(super) async fn segment(
     path: &Path,
-    frames: usize,
+    plan: &Plan,
+    segment: &Segment,
     rendition: &Rendition,
-) -> Result<(), String> {
+) -> Result<TsSegment, String> {
     let size = std::fs::metadata(path)
         .map_err(|e| format!("cannot stat: {e}"))?
         .len();
     if size == 0 {
         return Err("empty file".into());
     }
-    let text = ffprobe_compact(
-        path,
-        "stream=codec_type,width,height:packet=stream_index,flags",
-    )
-    .await?;
-    let video_stream = text
-        .lines()
-        .find(|l| l.starts_with("stream|") && field(l, "codec_type") == Some("video"))
-        .ok_or("no video stream")?;
-    let (width, height) = (field(video_stream, "width"), field(video_stream, "height"));
-    if width != Some(&rendition.width.to_string()) || height != Some(&rendition.height.to_string())
-    {
+    let owned = path.to_path_buf();
+    let info = tokio::task::spawn_blocking(move || mpegts::read(&owned))
+        .await
+        .map_err(|e| format!("reading the segment: {e}"))?
+        .map_err(|e| e.to_string())?;
+    check_segment(&info, plan, segment, rendition)?;
+    Ok(info)
+}
+
+/// The checks of [`segment`] on what was read.
+fn check_segment(
+    info: &TsSegment,
+    plan: &Plan,
+    segment: &Segment,
+    rendition: &Rendition,
+) -> Result<(), String> {
+    if (info.width, info.height) != (rendition.width, rendition.height) {
         return Err(format!(
             "size {}x{}, expected {}x{}",
-            width.unwrap_or("?"),
-            height.unwrap_or("?"),
-            rendition.width,
-            rendition.height
+            info.width, info.height, rendition.width, rendition.height
         ));
     }
-    let packets: Vec<&str> = text.lines().filter(|l| l.starts_with("packet|")).collect();
-    if packets.len() != frames {
-        return Err(format!("{} frames, expected {frames}", packets.len()));
+    if info.frames != segment.frames {
+        return Err(format!(
+            "{} frames, expected {}",
+            info.frames, segment.frames
+        ));
     }
-    match packets.first().and_then(|p| field(p, "flags")) {
-        Some(flags) if flags.contains('K') => Ok(()),
-        _ => Err("first frame is not a keyframe".into()),
+    if !info.keyframe_first {
+        return Err("first frame is not a keyframe (no IDR slice)".into());
     }
+    let first = info.first_pts.ok_or("first frame has no PTS")?;
+    let expected = expected_first_pts(segment.start, plan.output_ts_offset(), info.tick);
+    if !expected
+        .iter()
+        .any(|e| pts_distance(first, *e) <= PTS_TOLERANCE)
+    {
+        let shown: Vec<String> = expected.iter().map(|e| e.to_string()).collect();
+        return Err(format!(
+            "first frame at PTS {first} ({:.6} s), expected {} (source time {:.6} s \
+             + offset {:.6} s), within {PTS_TOLERANCE} ticks of 90 kHz",
+            first as f64 / TS_CLOCK as f64,
+            shown.join(" or "),
+            segment.start,
+            plan.output_ts_offset(),
+        ));
+    }
+    Ok(())
+}
+
+/// The PTS values (90 kHz) a segment whose first frame has source time
+/// `source_time` may start at, with the job's `-output_ts_offset`.
+///
+/// Outputs keep the source's timestamps (`-copyts`) shifted by the offset,
+/// which ffmpeg adds in the muxer's 90 kHz clock. Measured with ffmpeg 5.1:
+/// before that, the encoder (whose time base is one frame at the stream's
+/// frame rate, and x264 writes that tick into the SPS timing information)
+/// rounds each frame's time to its tick. Sources whose frames sit on that
+/// grid (most files) start exactly at `source_time + offset`; others (an
+/// MPEG-TS source starting at 1.421333 s at 30 fps) start on the grid
+/// (1.433333 s), at most half a frame later or earlier. Both are accepted,
+/// so the check also holds for an ffmpeg that encodes in the source's time
+/// base; a segment that starts one frame early or late matches neither.
+fn expected_first_pts(source_time: f64, offset: f64, tick: Option<(u64, u64)>) -> Vec<u64> {
+    let clock = TS_CLOCK as f64;
+    let offset_ticks = offset * clock;
+    let mut expected = vec![(source_time * clock + offset_ticks).round()];
+    if let Some((num, den)) = tick {
+        let (num, den) = (num as f64, den as f64);
+        let frames = source_time * den / num;
+        let mut grid = vec![frames.round()];
+        // A time halfway between two ticks: the source's time is known to
+        // the microsecond only, so either rounding may be ffmpeg's.
+        if (frames.fract().abs() - 0.5).abs() < 1e-3 {
+            grid = vec![frames.floor(), frames.ceil()];
+        }
+        for n in grid {
+            expected.push((n * num / den * clock + offset_ticks).round());
+        }
+    }
+    let mut ticks: Vec<u64> = expected
+        .into_iter()
+        .filter(|t| t.is_finite() && *t >= 0.0)
+        .map(|t| (t as u64) % PTS_WRAP)
+        .collect();
+    ticks.sort_unstable();
+    ticks.dedup();
+    ticks
+}
+
+/// PTS values are 33-bit and wrap.
+const PTS_WRAP: u64 = 1 << 33;
+
+/// Distance between two PTS values, across the wrap.
+fn pts_distance(a: u64, b: u64) -> u64 {
+    let d = a.abs_diff(b) % PTS_WRAP;
+    d.min(PTS_WRAP - d)
 }
 
 /// The audio rendition's playlist must parse, be complete (ENDLIST) and list
@@ -116,24 +189,67 @@ pub(super) async fn image(path: &Path, width: u32) -> Result<(), String> {
     }
 }
 
-/// Reads an MPEG-TS segment's video profile and level and turns them into an
-/// RFC 6381 codec string (`avc1.64001f`), from the real output.
+/// Reads an MPEG-TS segment's RFC 6381 codec string (`avc1.64001f`) from
+/// its sequence parameter set, in process.
 pub async fn video_codec_string(segment: &Path) -> Option<String> {
-    let text = ffprobe_compact(segment, "stream=codec_type,profile,level")
+    let owned = segment.to_path_buf();
+    tokio::task::spawn_blocking(move || mpegts::read(&owned))
         .await
-        .ok()?;
-    let line = text
-        .lines()
-        .find(|l| field(l, "codec_type") == Some("video"))?;
-    let level: u32 = field(line, "level")?.parse().ok()?;
-    let (profile_idc, constraints) = match field(line, "profile")? {
-        "Constrained Baseline" => (0x42, 0xC0),
-        "Baseline" => (0x42, 0x00),
-        "Main" => (0x4D, 0x40),
-        "High" => (0x64, 0x00),
-        _ => return None,
-    };
-    Some(format!(
-        "avc1.{profile_idc:02x}{constraints:02x}{level:02x}"
-    ))
+        .ok()?
+        .ok()
+        .map(|info| info.codec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// x264's tick at 30 fps (num_units_in_tick 1, time_scale 60).
+    const TICK_30: Option<(u64, u64)> = Some((2, 60));
+
+    #[test]
+    fn a_source_on_the_frame_grid_starts_at_its_own_time() {
+        // Measured: a 30 fps mp4, segment 1 at 2 s, offset 10 s.
+        assert_eq!(expected_first_pts(2.0, 10.0, TICK_30), vec![1_080_000]);
+        // 29.97 fps, frame 60 (2.002 s): exact in both.
+        assert_eq!(
+            expected_first_pts(2.002, 10.0, Some((2002, 60000))),
+            vec![1_080_180]
+        );
+    }
+
+    #[test]
+    fn a_source_off_the_grid_may_start_on_the_encoders_grid() {
+        // Measured: an MPEG-TS source starting at 1.4 s, first frame at
+        // 1.421333 s; ffmpeg wrote 903000 (1.433333 s + 8.6 s).
+        let expected = expected_first_pts(1.421333, 8.6, TICK_30);
+        assert_eq!(expected, vec![901_920, 903_000]);
+        // Without timing information only the source's own time counts.
+        assert_eq!(expected_first_pts(1.421333, 8.6, None), vec![901_920]);
+    }
+
+    #[test]
+    fn a_time_halfway_between_ticks_accepts_both_roundings() {
+        let expected = expected_first_pts(1.0 / 60.0, 10.0, TICK_30);
+        assert_eq!(expected, vec![900_000, 901_500, 903_000]);
+    }
+
+    #[test]
+    fn a_frame_late_or_early_matches_nothing() {
+        let expected = expected_first_pts(2.0, 10.0, TICK_30);
+        for first in [1_077_000u64, 1_083_000] {
+            assert!(expected
+                .iter()
+                .all(|e| pts_distance(first, *e) > PTS_TOLERANCE));
+        }
+        assert!(expected
+            .iter()
+            .any(|e| pts_distance(1_080_002, *e) <= PTS_TOLERANCE));
+    }
+
+    #[test]
+    fn pts_distance_wraps_at_33_bits() {
+        assert_eq!(pts_distance(1, PTS_WRAP - 1), 2);
+        assert_eq!(pts_distance(5, 3), 2);
+    }
 }

@@ -131,7 +131,8 @@ impl Shared {
             .with_label_values(&[kind])
             .observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(()) if guard.confirm_held().await => {
+            Ok(verified) if guard.confirm_held().await => {
+                job.packager.learn_codecs(&verified.codecs);
                 self.publish(&job, &batch, guard.leases()).await
             }
             result => {

@@ -7,7 +7,7 @@
 //! are the real ones. An encoder never publishes, claims or renames: the
 //! worker does that with what it wrote.
 
-use crate::encode::{Batch, EncodeError};
+use crate::encode::{Batch, EncodeError, Verified};
 use crate::ffmpeg::RunControl;
 use crate::plan::Plan;
 use async_trait::async_trait;
@@ -17,13 +17,14 @@ use async_trait::async_trait;
 pub trait Encoder: Send + Sync {
     /// Runs `batch` of `plan` under `control` (cancel, stall timeout,
     /// progress) and verifies what it wrote; an `Ok` output may be
-    /// published as it is.
+    /// published as it is, and what verification read of it (the codec
+    /// strings) goes to the job's playlists.
     async fn encode(
         &self,
         batch: &Batch,
         plan: &Plan,
         control: RunControl,
-    ) -> Result<(), EncodeError>;
+    ) -> Result<Verified, EncodeError>;
 }
 
 /// The real encoder: one ffmpeg process per batch, then the checks of
@@ -38,7 +39,7 @@ impl Encoder for Ffmpeg {
         batch: &Batch,
         plan: &Plan,
         control: RunControl,
-    ) -> Result<(), EncodeError> {
+    ) -> Result<Verified, EncodeError> {
         batch.run(plan, control).await
     }
 }

@@ -12,7 +12,7 @@ use super::job_run::JobRun;
 use super::lease::LeaseGuard;
 use super::{Shared, UnitFailure};
 use crate::coord::Lease;
-use crate::encode::{Batch, EncodeError};
+use crate::encode::{Batch, EncodeError, Verified};
 use crate::ffmpeg::RunControl;
 use crate::hls;
 use crate::storage::{self, AudioWorkDir, StorageError};
@@ -102,7 +102,7 @@ impl Shared {
         track: usize,
         work: &AudioWorkDir,
         control: RunControl,
-    ) -> Result<(), EncodeError> {
+    ) -> Result<Verified, EncodeError> {
         let run = self.encoder.encode(batch, &job.plan, control);
         tokio::pin!(run);
         let mut published = 0;
