@@ -159,6 +159,8 @@ struct RunFigures {
     sim_busy: f64,
     machine_busy: f64,
     claim_calls: u64,
+    /// Mean round trip of a claim call, seconds.
+    claim_mean: f64,
     claims_won: u64,
     claims_held: u64,
     video_batches: usize,
@@ -276,6 +278,7 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<Report> {
             report.add(format!("{label} tail idle mean s"), figures.tail_idle_mean);
             report.add(format!("{label} gap mean ms"), 1e3 * figures.gap_mean);
             report.add(format!("{label} claim calls"), figures.claim_calls as f64);
+            report.add(format!("{label} claim mean ms"), 1e3 * figures.claim_mean);
             report.add(format!("{label} claims won"), figures.claims_won as f64);
             report.add(format!("{label} claims held"), figures.claims_held as f64);
             report.add(
@@ -290,6 +293,7 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<Report> {
                 format!("{label} runtime lag p99 ms"),
                 ms(figures.lag.percentile(99.0)),
             );
+            report.add(format!("{label} runtime lag max ms"), ms(figures.lag.max()));
             report.add(format!("{label} sim cpu %"), 100.0 * figures.sim_busy);
             report.add(
                 format!("{label} machine busy %"),
@@ -406,8 +410,10 @@ async fn run_once(
         (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
     let machine_busy = machine.busy_seconds(&cores) / (makespan * cores.len() as f64);
     let (mut claim_calls, mut claims_won, mut claims_held) = (0, 0, 0);
+    let mut claim_seconds = 0.0;
     for pod in &cluster {
         claim_calls += pod.metrics.claim_seconds.get_sample_count();
+        claim_seconds += pod.metrics.claim_seconds.get_sample_sum();
         claims_won += pod.metrics.claims.with_label_values(&["won"]).get();
         claims_held += pod.metrics.claims.with_label_values(&["held"]).get();
     }
@@ -476,6 +482,7 @@ async fn run_once(
         sim_busy: sim_cpu / (makespan * cores.len() as f64),
         machine_busy,
         claim_calls,
+        claim_mean: claim_seconds / claim_calls.max(1) as f64,
         claims_won,
         claims_held,
         video_batches: encodes.iter().filter(|e| e.video).count(),
