@@ -18,6 +18,7 @@ mod failure;
 mod health;
 mod job_run;
 mod lease;
+mod load;
 mod notices;
 mod outcome;
 mod publish;
@@ -32,7 +33,6 @@ pub use request::RequestError;
 
 use crate::config::RunSettings;
 use crate::coord::Coordinator;
-use crate::cpu::CpuGauge;
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Unit};
 use crate::playlists::Listing;
@@ -160,8 +160,8 @@ struct Shared {
     /// Encodes started by requests rather than slots.
     tasks: TaskTracker,
     circuit: FailureCircuit,
-    /// Tells spare slots whether the CPU has room.
-    cpu: CpuGauge,
+    /// Tells spare slots whether the running batches leave cores to spare.
+    load: load::CoreLoad,
 }
 
 impl Shared {
@@ -199,7 +199,7 @@ impl Worker {
             sequence: AtomicU64::new(0),
             tasks: TaskTracker::new(),
             circuit: FailureCircuit::default(),
-            cpu: CpuGauge::new(),
+            load: load::CoreLoad::new(),
         });
         if let Some(notices) = shared.coord.unit_notices() {
             tokio::spawn(notices::follow(Arc::downgrade(&shared), notices));
