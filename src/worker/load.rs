@@ -395,10 +395,7 @@ mod tests {
         assert_eq!(parse_cpu_ticks(stat), Some(1750));
         assert_eq!(parse_cpu_ticks("4242 (ffmpeg) S 1 2"), None);
         assert_eq!(parse_cpu_ticks("no parenthesis 1 2 3"), None);
-        assert_eq!(
-            parse_cpu_ticks("1 (x) S 1 1 1 0 -1 0 0 0 0 0 abc 2"),
-            None
-        );
+        assert_eq!(parse_cpu_ticks("1 (x) S 1 1 1 0 -1 0 0 0 0 0 abc 2"), None);
     }
 
     #[test]
@@ -476,12 +473,14 @@ mod tests {
         let load = CoreLoad::with(2.0, None);
         let t0 = Instant::now();
         let later = |ms: u64| t0 + Duration::from_millis(ms);
-        // Nothing runs: a spare start is admitted, and while it is
-        // pending (claiming) a second one is not (1 + 1 >= 1.6).
-        let start = load.admit_spare_with(t0, |_| None).unwrap();
+        // Nothing runs: spare starts are admitted while the pending ones
+        // (claiming) count less than 1.6 cores: two, not three.
+        let first = load.admit_spare_with(t0, |_| None).unwrap();
+        let second = load.admit_spare_with(t0, |_| None).unwrap();
         assert!(load.admit_spare_with(t0, |_| None).is_none());
-        drop(start);
+        drop(second);
         assert!(load.admit_spare_with(t0, |_| None).is_some());
+        drop(first);
 
         // A one-thread batch, young: expected 1 core, room left (1 < 1.6)
         // but not once a start is pending.
