@@ -81,6 +81,10 @@ pub struct RunControl {
     pub stall_timeout: Duration,
     /// Receives the time of the latest progress line (lease renewal reads it).
     pub progress: Option<watch::Sender<Instant>>,
+    /// Told the child's pid once it is spawned, so that its CPU time can be
+    /// read while it runs. Dropped when the run ends, after the child has
+    /// exited: a receiver that finds it closed knows the process is gone.
+    pub pid: Option<watch::Sender<Option<u32>>>,
 }
 
 /// Runs `ffmpeg` with `args` (which must not include `-progress`) at
@@ -101,6 +105,12 @@ pub async fn run_ffmpeg(
         .spawn()
         .map_err(|source| spawn_error(PROGRAM, source))?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    // Held to the end of this function: its drop tells that the child has
+    // exited.
+    let pid_report = control.pid;
+    if let Some(report) = &pid_report {
+        report.send_replace(child.id());
+    }
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
 

@@ -16,7 +16,6 @@
 mod api;
 mod config;
 mod coord;
-mod cpu;
 mod egress;
 mod encode;
 mod ffmpeg;

@@ -24,14 +24,21 @@ pub const TIMESTAMP_BASE: f64 = 10.0;
 /// A trailing segment shorter than this is merged into the one before.
 const MIN_TAIL_SECONDS: f64 = 0.5;
 /// How far before a segment's keyframe ffmpeg is asked to seek, when the
-/// segment does not start on a keyframe. An MPEG-TS source has no index:
-/// ffmpeg finds the position by a search on decode timestamps, which can
-/// land just after the keyframe (its decode time is earlier than its
-/// presentation time), and then nothing decodes up to the next keyframe.
-/// Indexed formats (mp4) seek to the keyframe before the target instead:
-/// one more group of pictures decoded and dropped, which measured as no
-/// visible cost (docs/benchmarks.md, figure 1).
+/// segment does not start on a keyframe and the container has no index
+/// ([`Container::Unindexed`]). An MPEG-TS source has no index: ffmpeg finds
+/// the position by a search on decode timestamps, which can land just after
+/// the keyframe (its decode time is earlier than its presentation time),
+/// and then nothing decodes up to the next keyframe.
 pub const SEEK_MARGIN: f64 = 1.0;
+/// How far past a segment's keyframe ffmpeg is asked to seek, when the
+/// segment does not start on a keyframe and the container is indexed
+/// ([`Container::Indexed`]): the index lands the seek exactly on the last
+/// keyframe at or before the target, so the margin would only decode (and
+/// drop) up to a second more per segment. Half a millisecond keeps the
+/// target past the keyframe whatever the rounding of the time on the
+/// command line (microseconds); ffmpeg's accurate seek then drops the
+/// frames before the target, and `trim` those up to the segment.
+pub const INDEXED_SEEK_PAST_KEYFRAME: f64 = 0.0005;
 
 /// Short side of the thumbnail, at most.
 const THUMBNAIL_SHORT_SIDE: u32 = 360;
@@ -192,6 +199,32 @@ impl Unit {
     }
 }
 
+/// How ffmpeg's input seek finds a position in a source's container, which
+/// decides where a segment that does not start on a keyframe seeks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Container {
+    /// mov/mp4: a sample index with every keyframe; the seek lands on the
+    /// last keyframe at or before the target.
+    Indexed,
+    /// Anything else (MPEG-TS has no index): the seek may land a little off
+    /// the target, so it goes [`SEEK_MARGIN`] before the keyframe.
+    Unindexed,
+}
+
+impl Container {
+    /// From ffprobe's format name, e.g. `mov,mp4,m4a,3gp,3g2,mj2`.
+    fn of_format(format_name: &str) -> Container {
+        if format_name
+            .split(',')
+            .any(|name| name == "mov" || name == "mp4")
+        {
+            Container::Indexed
+        } else {
+            Container::Unindexed
+        }
+    }
+}
+
 /// Why a plan could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -219,6 +252,7 @@ impl Plan {
             info.video.last_frame_duration,
             f64::from(settings.segment_duration),
             info.start_time,
+            Container::of_format(&info.format),
         );
         let audio = audio_tracks(info, settings.audio_bitrate);
         let duration = info.video.span();
@@ -354,6 +388,7 @@ fn cut_segments(
     last_frame_duration: f64,
     target: f64,
     start_time: f64,
+    container: Container,
 ) -> Vec<Segment> {
     let first_time = frames[0];
     let end_time = frames[frames.len() - 1] + last_frame_duration;
@@ -392,15 +427,19 @@ fn cut_segments(
                     .find(|k| **k <= start + 1e-6)
                     .copied()
                     .unwrap_or(start);
-                let margin = if keyframe < start - 1e-6 {
-                    SEEK_MARGIN
+                let trim_from = start - half_frame;
+                let seek = if keyframe >= start - 1e-6 {
+                    // On a keyframe: half a frame before it.
+                    keyframe - half_frame
                 } else {
-                    half_frame
+                    match container {
+                        Container::Indexed => {
+                            (keyframe + INDEXED_SEEK_PAST_KEYFRAME).min(trim_from)
+                        }
+                        Container::Unindexed => keyframe - SEEK_MARGIN,
+                    }
                 };
-                (
-                    (keyframe - start_time - margin).max(0.0),
-                    Some(start - half_frame),
-                )
+                ((seek - start_time).max(0.0), Some(trim_from))
             };
             Segment {
                 index,
@@ -506,7 +545,7 @@ mod tests {
     #[test]
     fn segments_cover_every_frame_once() {
         let frames = cfr(300, 30000.0 / 1001.0);
-        let segments = cut_segments(&frames, &[0.0], 1001.0 / 30000.0, 2.0, 0.0);
+        let segments = cut_segments(&frames, &[0.0], 1001.0 / 30000.0, 2.0, 0.0, MP4);
         assert_eq!(segments.iter().map(|s| s.frames).sum::<usize>(), 300);
         for pair in segments.windows(2) {
             assert_eq!(pair[0].first_frame + pair[0].frames, pair[1].first_frame);
@@ -516,11 +555,15 @@ mod tests {
         assert_eq!(segments[1].first_frame, 60);
     }
 
+    const MP4: Container = Container::Indexed;
+    const TS: Container = Container::Unindexed;
+
     #[test]
     fn seek_goes_before_the_keyframe_and_trim_to_the_first_frame() {
-        // 10 fps, 2 s segments, keyframes at 0 s and 3 s, source start 1 s.
+        // 10 fps, 2 s segments, keyframes at 0 s and 3 s, source start 1 s,
+        // no index (MPEG-TS).
         let frames: Vec<f64> = (0..60).map(|i| 1.0 + f64::from(i) / 10.0).collect();
-        let segments = cut_segments(&frames, &[1.0, 4.0], 0.1, 2.0, 1.0);
+        let segments = cut_segments(&frames, &[1.0, 4.0], 0.1, 2.0, 1.0, TS);
         assert_eq!((segments[0].seek, segments[0].trim_from), (0.0, None));
         // Segment 1 (from 3.0 s) is decoded from the keyframe at 1.0 s.
         assert_eq!(segments[1].seek, 0.0);
@@ -529,20 +572,63 @@ mod tests {
         // Segment 2 (from 5.0 s) from the keyframe at 4.0 s, 1 s earlier.
         assert!((segments[2].seek - (4.0 - 1.0 - SEEK_MARGIN)).abs() < 1e-9);
         // Without keyframe times: the segment's own start, half a frame early.
-        let segments = cut_segments(&frames, &[], 0.1, 2.0, 1.0);
+        let segments = cut_segments(&frames, &[], 0.1, 2.0, 1.0, TS);
         assert!((segments[2].seek - (5.0 - 1.0 - 0.05)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn indexed_containers_seek_just_past_the_keyframe() {
+        // As above, in an mp4: keyframes at 1 s, 4 s and 7 s (source time),
+        // source start 1 s; segments from 3 s, 5 s and 7 s.
+        let frames: Vec<f64> = (0..80).map(|i| 1.0 + f64::from(i) / 10.0).collect();
+        let segments = cut_segments(&frames, &[1.0, 4.0, 7.0], 0.1, 2.0, 1.0, MP4);
+        assert_eq!((segments[0].seek, segments[0].trim_from), (0.0, None));
+        // Segment 1 (from 3.0 s): the keyframe at 1.0 s, which is the
+        // container start, plus half a millisecond.
+        assert!((segments[1].seek - INDEXED_SEEK_PAST_KEYFRAME).abs() < 1e-9);
+        // Segment 2 (from 5.0 s): the keyframe at 4.0 s, not a second before.
+        let seek = segments[2].seek;
+        assert!((seek - (4.0 - 1.0 + INDEXED_SEEK_PAST_KEYFRAME)).abs() < 1e-9);
+        assert!(segments[2].trim_from.unwrap() - 1.0 > seek);
+        // Segment 3 starts on the keyframe at 7.0 s: half a frame before it,
+        // as in every container.
+        assert!((segments[3].seek - (7.0 - 1.0 - 0.05)).abs() < 1e-9);
+        // The same frames in MPEG-TS: a second before each keyframe.
+        let ts = cut_segments(&frames, &[1.0, 4.0, 7.0], 0.1, 2.0, 1.0, TS);
+        assert!((ts[2].seek - (4.0 - 1.0 - SEEK_MARGIN)).abs() < 1e-9);
+        assert_eq!(ts[3].seek, segments[3].seek);
+        // Frames closer together than the nudge (a 4 kHz oddity): the seek
+        // stays at or before the trim, never past the segment's first frame.
+        let dense: Vec<f64> = (0..4000).map(|i| f64::from(i) * 0.00025).collect();
+        let cut = cut_segments(&dense, &[0.0, 0.00475], 0.00025, 0.005, 0.0, MP4);
+        assert_eq!(cut[1].first_frame, 20);
+        let trim = cut[1].trim_from.unwrap();
+        assert!(
+            cut[1].seek <= trim + 1e-12 && cut[1].seek > 0.00475,
+            "{cut:?}"
+        );
+    }
+
+    #[test]
+    fn containers_with_an_index_are_mov_and_mp4() {
+        for indexed in ["mov,mp4,m4a,3gp,3g2,mj2", "mov", "mp4"] {
+            assert_eq!(Container::of_format(indexed), Container::Indexed);
+        }
+        for unindexed in ["mpegts", "matroska,webm", "flv", "", "mpegtsraw"] {
+            assert_eq!(Container::of_format(unindexed), Container::Unindexed);
+        }
     }
 
     #[test]
     fn short_tail_is_merged_and_vfr_gap_skips_targets() {
         // 6.2 s at 25 fps with 2 s segments: tail of 0.2 s merges.
-        let segments = cut_segments(&cfr(155, 25.0), &[0.0], 0.04, 2.0, 0.0);
+        let segments = cut_segments(&cfr(155, 25.0), &[0.0], 0.04, 2.0, 0.0, MP4);
         assert_eq!(segments.len(), 3);
         assert_eq!(segments[2].frames, 55);
         // A 5 s hole in VFR timestamps does not make empty segments.
         let mut frames = cfr(10, 10.0);
         frames.extend((0..10).map(|i| 6.0 + f64::from(i) / 10.0));
-        let segments = cut_segments(&frames, &[0.0], 0.1, 2.0, 0.0);
+        let segments = cut_segments(&frames, &[0.0], 0.1, 2.0, 0.0, MP4);
         assert!(segments.iter().all(|s| s.frames > 0));
         assert_eq!(segments.len(), 2);
     }

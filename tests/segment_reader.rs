@@ -260,6 +260,7 @@ fn control() -> RunControl {
         cancel: CancellationToken::new(),
         stall_timeout: Duration::from_secs(60),
         progress: None,
+        pid: None,
     }
 }
 

@@ -234,6 +234,34 @@ fn mpegts_with_long_gops() {
     }
 }
 
+/// An mp4 source with B-frames and keyframes 5 s apart, so that most 2 s
+/// segments start between keyframes: mov/mp4 seeks just past the keyframe
+/// a segment is decoded from (the index lands on it), and every segment
+/// must still hold exactly its frames, IDR first.
+#[test]
+fn mp4_with_long_gops_and_b_frames() {
+    let dir = TestDir::new("mp4-gop-5s");
+    let plain = dir.join("plain.mp4");
+    gen_clip(&plain, &ClipSpec::new(9.0));
+    let source = dir.join("source.mp4");
+    run_checked(
+        Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-y", "-i"])
+            .arg(&plain)
+            .args(["-c:v", "libx264", "-preset", "veryfast", "-bf", "3"])
+            .args(["-x264-params", "keyint=150:min-keyint=150:scenecut=0"])
+            .args(["-c:a", "copy"])
+            .arg(&source),
+    );
+    let out = dir.join("out");
+    assert_transcode_ok(&run_transcode(&source, &out, FAST));
+    let report = validate_hls(&out, &source);
+    assert!(
+        report.renditions.iter().all(|r| r.segments == 5),
+        "{report:?}"
+    );
+}
+
 #[test]
 fn hevc_10bit() {
     let report = transcode_and_validate(

@@ -56,6 +56,7 @@ pub async fn run(args: &PlayableArgs) -> anyhow::Result<Report> {
                     cancel: CancellationToken::new(),
                     stall_timeout: Duration::from_secs(60),
                     progress: None,
+                    pid: None,
                 },
             )
             .await?;

@@ -69,6 +69,7 @@ pub async fn run(args: &VerifyArgs) -> anyhow::Result<Report> {
             cancel: CancellationToken::new(),
             stall_timeout: Duration::from_secs(60),
             progress: None,
+            pid: None,
         };
         batch.run(&plan, control).await?;
         batches.push(batch);

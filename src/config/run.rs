@@ -11,19 +11,21 @@ const DEFAULT_SPARE_SLOTS: usize = 2;
 /// How many ffmpeg batches run at once.
 ///
 /// By default one per core, plus [`DEFAULT_SPARE_SLOTS`] that start a batch
-/// only while the CPU has idle time. How many cores one batch keeps busy
-/// depends on the source: with a 720p source the filter graph and the
-/// one-thread encoders share ffmpeg's main thread (about one core, with
-/// gaps while it seeks and decodes), with a 1080p ladder the threaded 720p
-/// and 1080p encoders fill two. Measured on 2 cores (docs/benchmarks.md,
-/// figure 1): 720p source, 2 slots 55 s, 4 slots 34 s; 1080p source, 2
-/// slots 64 s, 4 slots 69 s (4 busy batches on 2 cores cost 8 % more CPU).
-/// Spare slots take the first case's idle CPU without crowding the second.
+/// only while the running batches leave cores unused (the worker's
+/// `CoreLoad`). How many cores one batch keeps busy depends on the source:
+/// with a 720p source the filter graph and the one-thread encoders share
+/// ffmpeg's main thread (about one core, with gaps while it seeks and
+/// decodes), with a 1080p ladder the threaded 720p and 1080p encoders fill
+/// two. Measured on 2 cores (docs/benchmarks.md, figure 1): 720p source, 2
+/// slots 55 s, 4 slots 34 s; 1080p source, 2 slots 64 s, 4 slots 69 s (4
+/// busy batches on 2 cores cost 8 % more CPU). Spare slots take the first
+/// case's unused cores without crowding the second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slots {
     /// Batches that run whenever there is work.
     pub fixed: usize,
-    /// Further batches that run only while the CPU has idle time.
+    /// Further batches that run only while the running ones leave cores
+    /// unused.
     pub spare: usize,
 }
 

@@ -113,6 +113,7 @@ impl Shared {
             cancel: guard.run_token(),
             stall_timeout: self.settings.run.stall_timeout,
             progress: Some(progress),
+            pid: Some(self.load.track(&batch)),
         };
         let result = match &batch {
             Batch::Audio { track, work } => {

@@ -20,6 +20,7 @@ mod failure;
 mod health;
 mod job_run;
 mod lease;
+mod load;
 mod notices;
 mod outcome;
 mod pieces;
@@ -36,7 +37,6 @@ pub use request::RequestError;
 
 use crate::config::RunSettings;
 use crate::coord::Coordinator;
-use crate::cpu::CpuGauge;
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Unit};
 use crate::playlists::Listing;
@@ -164,8 +164,8 @@ struct Shared {
     /// Encodes started by requests rather than slots.
     tasks: TaskTracker,
     circuit: FailureCircuit,
-    /// Tells spare slots whether the CPU has room.
-    cpu: CpuGauge,
+    /// Tells spare slots whether the running batches leave cores to spare.
+    load: load::CoreLoad,
     /// Makes a batch's outputs (ffmpeg, or a simulation's sleep).
     encoder: Arc<dyn Encoder>,
     /// This pod's slots and the cluster's, from the heartbeats.
@@ -225,7 +225,7 @@ impl Worker {
             sequence: AtomicU64::new(0),
             tasks: TaskTracker::new(),
             circuit: FailureCircuit::default(),
-            cpu: CpuGauge::new(),
+            load: load::CoreLoad::new(),
             encoder,
             capacity: capacity::Capacity::new(own_slots),
         });

@@ -1,8 +1,8 @@
 //! The slot loop: each slot claims the next batch (jobs by priority then
 //! age, units by [`super::schedule`]), runs it, and sleeps until woken when
-//! nothing is ready. Spare slots start a batch only while the CPU has idle
-//! time ([`crate::cpu::CpuGauge`]); every slot waits while the failure
-//! circuit is open.
+//! nothing is ready. Spare slots start a batch only while the running
+//! batches leave cores to spare ([`super::load::CoreLoad`]); every slot
+//! waits while the failure circuit is open.
 
 use super::batch::Claimed;
 use super::schedule::reserve_next;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-/// How often a spare slot asks whether the CPU has room.
+/// How often a spare slot asks whether the cores have room.
 const SPARE_RECHECK: Duration = Duration::from_millis(250);
 /// How long an idle slot sleeps when no wake-up comes.
 const IDLE_RECHECK: Duration = Duration::from_millis(250);
@@ -30,7 +30,7 @@ pub(super) fn start(shared: &Arc<Shared>) -> JoinSet<()> {
 
 impl Shared {
     /// Claims and runs batches until shutdown. A `spare` slot claims only
-    /// while the CPU has idle time.
+    /// while the running batches leave cores to spare.
     async fn slot_loop(self: Arc<Self>, spare: bool) {
         loop {
             let notified = self.wake.notified();
@@ -39,13 +39,6 @@ impl Shared {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            if spare && !self.cpu.take_spare() {
-                tokio::select! {
-                    _ = tokio::time::sleep(SPARE_RECHECK) => {}
-                    _ = self.shutdown.cancelled() => return,
-                }
-                continue;
-            }
             if let Some(until) = self.circuit.paused_until() {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until.into()) => {}
@@ -53,12 +46,29 @@ impl Shared {
                 }
                 continue;
             }
+            let spare_start = if spare {
+                let Some(start) = self.load.admit_spare() else {
+                    tokio::select! {
+                        _ = tokio::time::sleep(SPARE_RECHECK) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                    continue;
+                };
+                Some(start)
+            } else {
+                None
+            };
             match self.next_claimed().await {
                 Some(claimed) => {
                     let _busy = self.capacity.busy();
+                    // The batch's own tracking takes over (run_claimed).
+                    if let Some(start) = spare_start {
+                        start.hand_over();
+                    }
                     self.run_claimed(claimed).await
                 }
                 None => {
+                    drop(spare_start);
                     tokio::select! {
                         _ = notified => {}
                         _ = tokio::time::sleep(IDLE_RECHECK) => {}

@@ -47,7 +47,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SEGSWARM_WORKER_ID")]
     pub worker_id: Option<String>,
     /// ffmpeg batches run at once (default: one per core, plus 2 that run
-    /// only while the CPU has idle time; see docs/benchmarks.md).
+    /// only while the running batches leave cores unused; see
+    /// docs/configuration.md).
     #[arg(long, env = "SEGSWARM_SLOTS")]
     pub slots: Option<usize>,
     /// Lifetime of a claim without renewal, in milliseconds.

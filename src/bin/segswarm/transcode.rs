@@ -24,7 +24,8 @@ pub struct TranscodeArgs {
     #[arg(long, default_value = "240p,360p,480p,720p,1080p")]
     pub ladder: String,
     /// ffmpeg batches run at once (default: one per core, plus 2 that run
-    /// only while the CPU has idle time; see docs/benchmarks.md).
+    /// only while the running batches leave cores unused; see
+    /// docs/configuration.md).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// x264 preset.
