@@ -4,7 +4,8 @@
 //! reachable: names are checked, `.tmp` and dot files are refused, and the
 //! resolved path must stay inside the folder (symlinks).
 
-use super::{ApiError, AppState};
+use super::openapi::FileBytes;
+use super::{ApiError, AppState, ErrorBody};
 use crate::worker::RequestError;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -58,7 +59,35 @@ fn is_safe_path(path: &str) -> bool {
         })
 }
 
-async fn serve(
+/// A file of a job's HLS package. A planned file that does not exist yet
+/// is made first (on demand), or waited for while another pod makes it.
+#[utoipa::path(
+    get, path = "/hls/{id}/{path}", tag = "hls",
+    params(
+        ("id" = String, Path, description = "The job's id"),
+        ("path" = String, Path, description = "A file below the job's folder: `master.m3u8`, `thumbnail.webp`, `<rendition>/index.m3u8`, `<rendition>/seg_00000.ts`, `audio/<track>/...` (slashes allowed)"),
+        ("Range" = Option<String>, Header, description = "Bytes of the file"),
+    ),
+    responses(
+        (status = 200, description = "The file", content(
+            (String = "application/vnd.apple.mpegurl"),
+            (FileBytes = "video/mp2t"),
+            (FileBytes = "image/webp"),
+        )),
+        (status = 206, description = "The requested range", content(
+            (String = "application/vnd.apple.mpegurl"),
+            (FileBytes = "video/mp2t"),
+            (FileBytes = "image/webp"),
+        )),
+        (status = 304, description = "Not modified (If-None-Match, If-Modified-Since)"),
+        (status = 404, description = "No such job or file, or a name that is not served", body = ErrorBody),
+        (status = 416, description = "The range is outside the file"),
+        (status = 502, description = "Making the file failed (`encode_failed`)", body = ErrorBody),
+        (status = 503, description = "The pod is paused or shutting down: try another pod", body = ErrorBody),
+        (status = 504, description = "The file was not ready in time (`not_ready`): try again", body = ErrorBody),
+    ),
+)]
+pub(super) async fn serve(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
     request: Request,

@@ -1,7 +1,8 @@
-//! `/v1/jobs` handlers: submit, list, get, cancel and the SSE event stream.
+//! `/v1/jobs` handlers: submit, list, get, cancel and the SSE event stream,
+//! each with its OpenAPI description.
 
-use super::{ApiError, AppState, MAX_BODY_BYTES};
-use crate::jobs::{JobEvent, JobStatus, SubmitRequest};
+use super::{ApiError, AppState, ErrorBody, MAX_BODY_BYTES};
+use crate::jobs::{JobEvent, JobStatus, JobView, SubmitRequest};
 use crate::JobId;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,13 +14,17 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::Stream;
+use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
 
 /// Most jobs one list page returns.
 const MAX_PAGE: usize = 500;
+/// Jobs a list page returns when `limit` is not given.
+const DEFAULT_PAGE: usize = 50;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -69,7 +74,21 @@ impl<S: Send + Sync> FromRequestParts<S> for DeclaredLengthWithinLimit {
     }
 }
 
-async fn submit(
+/// Submits a job. It is queued at once; follow it with
+/// `GET /v1/jobs/{id}/events`.
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs", security(("bearer" = [])),
+    request_body(content = SubmitRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The job, queued", body = JobView),
+        (status = 400, description = "The body is not JSON (`invalid_json`, `invalid_body`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
+        (status = 422, description = "A field is wrong (`invalid_request`, `invalid_source`, `invalid_settings`, `invalid_callback_url`)", body = ErrorBody),
+        (status = 503, description = "The pod is shutting down", body = ErrorBody),
+    ),
+)]
+pub(super) async fn submit(
     State(state): State<AppState>,
     _: DeclaredLengthWithinLimit,
     body: Result<Bytes, BytesRejection>,
@@ -104,42 +123,103 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(job)))
 }
 
-async fn list(
+/// The query of `GET /v1/jobs`.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListParams {
+    /// Only jobs with this status.
+    status: Option<JobStatus>,
+    /// Jobs per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<usize>,
+    /// Jobs skipped, newest first (default 0).
+    offset: Option<usize>,
+}
+
+impl ListParams {
+    /// Reads the query string with errors in the API's format (axum's
+    /// `Query` rejection is plain text).
+    fn parse(query: &HashMap<String, String>) -> Result<ListParams, ApiError> {
+        let bad =
+            |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message);
+        let status = match query.get("status") {
+            None => None,
+            Some(text) => Some(JobStatus::parse(text).ok_or_else(|| {
+                bad(format!(
+                    "unknown status {text:?} (one of queued, processing, playable, done, partial, failed, canceled)"
+                ))
+            })?),
+        };
+        let number = |name: &str| -> Result<Option<usize>, ApiError> {
+            query
+                .get(name)
+                .map(|text| {
+                    text.parse()
+                        .map_err(|_| bad(format!("{name} must be a non-negative integer")))
+                })
+                .transpose()
+        };
+        let limit = number("limit")?;
+        if limit.is_some_and(|limit| limit == 0 || limit > MAX_PAGE) {
+            return Err(bad(format!("limit must be between 1 and {MAX_PAGE}")));
+        }
+        Ok(ListParams {
+            status,
+            limit,
+            offset: number("offset")?,
+        })
+    }
+}
+
+/// One page of `GET /v1/jobs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct JobList {
+    jobs: Vec<JobView>,
+    /// Jobs matching the filter, on every page.
+    total: usize,
+    offset: usize,
+    limit: usize,
+}
+
+/// Lists the jobs this pod knows (every job of the cluster with Redis),
+/// newest first.
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs", security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page of jobs", body = JobList),
+        (status = 400, description = "A query parameter is wrong (`invalid_query`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ),
+)]
+pub(super) async fn list(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message);
-    let status = match query.get("status") {
-        None => None,
-        Some(text) => Some(JobStatus::parse(text).ok_or_else(|| {
-            bad(format!(
-                "unknown status {text:?} (one of queued, processing, playable, done, partial, failed, canceled)"
-            ))
-        })?),
-    };
-    let number = |name: &str, default: usize| -> Result<usize, ApiError> {
-        match query.get(name) {
-            None => Ok(default),
-            Some(text) => text
-                .parse()
-                .map_err(|_| bad(format!("{name} must be a non-negative integer"))),
-        }
-    };
-    let limit = number("limit", 50)?;
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(bad(format!("limit must be between 1 and {MAX_PAGE}")));
-    }
-    let offset = number("offset", 0)?;
-    let (jobs, total) = state.manager.list(status, offset, limit);
-    Ok(Json(serde_json::json!({
-        "jobs": jobs,
-        "total": total,
-        "offset": offset,
-        "limit": limit,
-    })))
+    let params = ListParams::parse(&query)?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    let offset = params.offset.unwrap_or(0);
+    let (jobs, total) = state.manager.list(params.status, offset, limit);
+    Ok(Json(JobList {
+        jobs,
+        total,
+        offset,
+        limit,
+    }))
 }
 
-async fn show(
+/// A job.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 400, description = "The id is not a UUID (`invalid_id`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+    ),
+)]
+pub(super) async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -147,7 +227,30 @@ async fn show(
     Ok(Json(state.manager.get(id)?))
 }
 
-async fn cancel(
+/// The query of `DELETE /v1/jobs/{id}`.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // read from the query string by hand; this is its description
+pub(super) struct CancelParams {
+    /// Also remove the job's files (allowed for an ended job too).
+    purge: Option<bool>,
+}
+
+/// Cancels a job (its encodes stop on every pod), and with `purge=true`
+/// removes its files.
+#[utoipa::path(
+    delete, path = "/v1/jobs/{id}", tag = "jobs", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The job's id"), CancelParams),
+    responses(
+        (status = 200, description = "The job, canceled (or purged)", body = JobView),
+        (status = 400, description = "The id is not a UUID, or `purge` is not a boolean", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job has already ended (add `purge=true`)", body = ErrorBody),
+        (status = 503, description = "The pod is shutting down", body = ErrorBody),
+    ),
+)]
+pub(super) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
@@ -169,7 +272,20 @@ async fn cancel(
 
 /// Server-Sent Events: the job's history (after `Last-Event-ID`), then live
 /// events; the stream ends after the terminal event.
-async fn events(
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/events", tag = "jobs", security(("bearer" = [])),
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, description = "`event: <kind>` (queued, processing, thumbnail_ready, progress, playable, done, partial, failed, canceled), `id: <seq>`, `data: <the job as JSON>`", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "The id is not a UUID (`invalid_id`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+    ),
+)]
+pub(super) async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,

@@ -3,11 +3,14 @@
 //!
 //! Owns routing, authentication, request parsing and the JSON error format
 //! `{"error": {"code", "message"}}`. Handlers translate; the decisions are
-//! made by [`crate::jobs::JobManager`] and the worker behind it.
+//! made by [`crate::jobs::JobManager`] and the worker behind it. Each
+//! handler carries its OpenAPI description (`#[utoipa::path]`), gathered
+//! into the document served at `/v1/openapi.json` by [`openapi`].
 
 mod cluster;
 mod files;
 mod jobs;
+mod openapi;
 mod ui;
 
 use crate::jobs::{JobError, JobManager, JobStatus};
@@ -18,10 +21,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
 /// Largest request body accepted (a job spec is a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -83,9 +88,29 @@ impl ApiError {
     }
 }
 
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable, e.g. `not_found`, `invalid_source`.
+    pub code: String,
+    /// For a person.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response
@@ -136,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(files::routes())
         .merge(ui::routes())
+        .route("/v1/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -221,7 +247,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// Prometheus metrics of this pod.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain")),
+)]
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let counts = state.manager.counts();
     for status in JobStatus::ALL {
         state
@@ -239,22 +270,55 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// What `/healthz` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    /// Always `ok`.
+    pub status: String,
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+/// What `/readyz` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Why the pod is not ready (only when it is not).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// Liveness: the process answers HTTP. Independent of Redis and storage.
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is alive", body = Liveness)),
+)]
+pub(super) async fn healthz() -> Json<Liveness> {
+    Json(Liveness {
+        status: "ok".to_string(),
+    })
+}
+
+/// Readiness: storage usable, not shutting down, not paused after
+/// failures, coordination possible (when there is no fallback).
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready for traffic", body = Readiness),
+        (status = 503, description = "Not ready, with the reasons", body = Readiness),
+    ),
+)]
+pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let mut problems = state.health.problems();
     problems.extend(state.manager.worker_problem());
-    if problems.is_empty() {
-        Json(serde_json::json!({ "ready": true })).into_response()
+    let status = if problems.is_empty() {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "ready": false, "problems": problems })),
-        )
-            .into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let readiness = Readiness {
+        ready: problems.is_empty(),
+        problems,
+    };
+    (status, Json(readiness)).into_response()
 }
 
 #[cfg(test)]

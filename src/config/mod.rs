@@ -1,11 +1,13 @@
 //! The knobs a user turns, each validated once, where it is parsed, into a
 //! type that cannot hold a bad value: the encoding settings of a job
 //! ([`encode`]), how a process runs its work ([`run`]: slots, claim TTL,
-//! attempts), and a pod's whole configuration ([`PodConfig`]). The binary
+//! attempts), the log format ([`log`]), and a pod's whole configuration
+//! ([`PodConfig`]). The binary
 //! fills them from flags and environment variables; everything downstream
 //! takes them as they are and never checks them again.
 
 mod encode;
+mod log;
 mod pod;
 mod run;
 
@@ -13,6 +15,7 @@ pub use encode::{
     validate_preset, validate_segment_duration, EncodeSettings, Ladder, Rung,
     DEFAULT_SEGMENT_DURATION, MAX_RUNGS, SEGMENT_DURATION_RANGE,
 };
+pub use log::LogFormat;
 pub use pod::PodConfig;
 pub use run::{validate_max_attempts, worker_id_or_hostname, ClaimTtl, RunSettings, Slots};
 
@@ -39,4 +42,6 @@ pub enum ConfigError {
     Preset(String),
     #[error("max attempts must be at least 1")]
     MaxAttempts,
+    #[error("unknown log format {0:?} (text or json)")]
+    LogFormat(String),
 }

@@ -311,4 +311,23 @@ impl Coordinator for FallbackCoordinator {
         }
         self.shared.redis.holders(job).await
     }
+
+    /// Redis's claims and this pod's local ones while distributed (local
+    /// claims made during an outage may still run); unknown while local,
+    /// since other pods may be working alone too.
+    async fn claim_tokens(
+        &self,
+        job: JobId,
+    ) -> Result<Option<std::collections::HashSet<String>>, CoordError> {
+        if self.shared.is_local() {
+            return Ok(None);
+        }
+        let Some(mut tokens) = self.shared.redis.claim_tokens(job).await? else {
+            return Ok(None);
+        };
+        if let Some(local) = self.shared.local.claim_tokens(job).await? {
+            tokens.extend(local);
+        }
+        Ok(Some(tokens))
+    }
 }

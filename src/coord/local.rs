@@ -220,6 +220,20 @@ impl Coordinator for LocalCoordinator {
         state.attempts.retain(|(j, _), _| *j != job);
         Ok(())
     }
+
+    /// This process's unexpired claims of `job`: in local mode there is no
+    /// other pod.
+    async fn claim_tokens(&self, job: JobId) -> Result<Option<HashSet<String>>, CoordError> {
+        let now = Instant::now();
+        let state = self.lock();
+        let tokens = state
+            .claims
+            .iter()
+            .filter(|((j, _), claim)| *j == job && claim.expires > now)
+            .map(|(_, claim)| claim.token.clone())
+            .collect();
+        Ok(Some(tokens))
+    }
 }
 
 #[cfg(test)]

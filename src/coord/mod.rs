@@ -13,6 +13,7 @@ pub mod redis;
 use crate::plan::Unit;
 use crate::JobId;
 use async_trait::async_trait;
+use std::collections::HashSet;
 use std::time::Duration;
 
 pub use self::redis::RedisCoordinator;
@@ -173,6 +174,13 @@ pub trait Coordinator: Send + Sync {
         let _ = job;
         Ok(Vec::new())
     }
+
+    /// The tokens of every claim of `job` held right now, by any pod, when
+    /// this coordinator sees every pod's claims (Redis; the in-process one
+    /// of a pod alone); `None` when it cannot know (a pod of a cluster
+    /// coordinating locally while Redis is away). The `.tmp` sweep keeps
+    /// the in-progress files named after these tokens.
+    async fn claim_tokens(&self, job: JobId) -> Result<Option<HashSet<String>>, CoordError>;
 }
 
 /// What the live pods of a cluster have, from their heartbeats.

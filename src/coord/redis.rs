@@ -36,6 +36,7 @@ use async_trait::async_trait;
 use deadpool_redis::Pool;
 use notices::{Notices, PubSubListener};
 use scripts::Scripts;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::DropGuard;
@@ -525,9 +526,32 @@ impl Coordinator for RedisCoordinator {
         Ok(Some(ClusterCapacity { pods, slots, busy }))
     }
 
+    async fn holders(&self, job: JobId) -> Result<Vec<(String, String)>, CoordError> {
+        let claims = self.claims(job).await?;
+        Ok(claims
+            .into_iter()
+            .map(|claim| (claim.unit, claim.worker_id))
+            .collect())
+    }
+
+    async fn claim_tokens(&self, job: JobId) -> Result<Option<HashSet<String>>, CoordError> {
+        let claims = self.claims(job).await?;
+        Ok(Some(claims.into_iter().map(|claim| claim.token).collect()))
+    }
+}
+
+/// One claim as stored in Redis: the unit's key suffix and the value
+/// `<token> <worker_id>`.
+struct StoredClaim {
+    unit: String,
+    token: String,
+    worker_id: String,
+}
+
+impl RedisCoordinator {
     /// SCANs the job's claim keys and reads each value (`<token>
     /// <worker_id>`). A key that expired between the two steps is skipped.
-    async fn holders(&self, job: JobId) -> Result<Vec<(String, String)>, CoordError> {
+    async fn claims(&self, job: JobId) -> Result<Vec<StoredClaim>, CoordError> {
         let keys = JobKeys::new(job);
         let claim_prefix = keys.claim_prefix();
         let pattern = format!("{claim_prefix}*");
@@ -550,24 +574,27 @@ impl Coordinator for RedisCoordinator {
                     break;
                 }
             }
-            let mut holders = Vec::new();
+            let mut claims = Vec::new();
             for name in names {
                 let value: Option<String> = ::redis::cmd("GET")
                     .arg(&name)
                     .query_async(&mut *conn)
                     .await?;
-                let holder = value
-                    .as_deref()
-                    .and_then(|v| v.split_once(' '))
-                    .map(|(_, worker)| worker.to_string());
-                if let (Some(unit), Some(worker)) = (name.strip_prefix(&claim_prefix), holder) {
-                    holders.push((unit.to_string(), worker));
+                let parts = value.as_deref().and_then(|v| v.split_once(' '));
+                if let (Some(unit), Some((token, worker))) =
+                    (name.strip_prefix(&claim_prefix), parts)
+                {
+                    claims.push(StoredClaim {
+                        unit: unit.to_string(),
+                        token: token.to_string(),
+                        worker_id: worker.to_string(),
+                    });
                 }
             }
-            Ok(holders)
+            Ok(claims)
         };
         self.bounded(fut)
             .await
-            .map_err(|err| unavailable(format!("holders of job {job}"), err))
+            .map_err(|err| unavailable(format!("claims of job {job}"), err))
     }
 }

@@ -3,16 +3,17 @@
 //! the kinds of events its stream carries ([`JobEventKind`]).
 //!
 //! Plain data with serde: the names here are the wire names (`status.json`,
-//! the API, the events between pods). It never does I/O and never decides a
+//! the API and its OpenAPI schemas, the events between pods). It never does I/O and never decides a
 //! transition; the job manager does.
 
 use crate::config::EncodeSettings;
 use crate::source::Source;
 use crate::JobId;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// How a job is delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobMode {
     /// Encode everything now, lowest rendition first; playlists grow.
@@ -23,7 +24,7 @@ pub enum JobMode {
 }
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Queued,

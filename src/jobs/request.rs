@@ -11,11 +11,12 @@ use crate::config::{validate_segment_duration, EncodeSettings, Ladder};
 use crate::egress::EgressPolicy;
 use crate::source::Source;
 use serde::Deserialize;
+use utoipa::ToSchema;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// A ladder given as `["240p","360p"]` or `"240p,360p"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum LadderInput {
     List(Vec<String>),
@@ -23,14 +24,21 @@ pub enum LadderInput {
 }
 
 /// The body of `POST /v1/jobs`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
+    /// An absolute path under one of the pod's source roots, or an
+    /// `http(s)` URL.
     pub source: String,
+    /// Rungs such as `360p` or `360p:900k` (default: the pod's ladder).
     pub ladder: Option<LadderInput>,
+    /// Seconds, 2 to 10 (default: the pod's).
     pub segment_duration: Option<u32>,
+    /// Higher runs first (default 0).
     pub priority: Option<i32>,
+    /// Default `ingest`.
     pub mode: Option<super::JobMode>,
+    /// Receives `playable`, `done`, `partial` and `failed` webhooks.
     pub callback_url: Option<String>,
 }
 

@@ -13,35 +13,52 @@ use crate::storage::JobLayout;
 use crate::sync::lock;
 use crate::JobId;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use std::time::{Duration, SystemTime};
 
 /// Per-rendition progress in a [`JobView`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RenditionView {
+    /// The rendition's name, e.g. `720p`.
     pub name: String,
     pub width: u32,
     pub height: u32,
+    /// Segments on storage.
     pub done: usize,
+    /// Segments in the plan.
     pub total: usize,
 }
 
 /// A job as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct JobView {
     pub id: JobId,
     pub status: JobStatus,
+    /// The source as submitted (a path under a source root, or a URL).
     pub source: String,
     pub mode: JobMode,
+    /// Higher runs first.
     pub priority: i32,
+    /// Rung names, e.g. `["240p", "720p:2500k"]`.
     pub ladder: Vec<String>,
+    /// Seconds.
     pub segment_duration: u32,
     pub callback_url: Option<String>,
+    /// RFC 3339, milliseconds.
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
+    /// Percentage of units done, 0 to 100; never goes back.
     pub progress: f64,
+    /// The master playlist plays (audio and the lowest rendition's first
+    /// segment exist).
     pub playable: bool,
+    /// `/hls/<id>/master.m3u8`
     pub master_url: String,
+    /// `/hls/<id>/thumbnail.webp`
     pub thumbnail_url: String,
+    /// Seconds, once the source is probed.
     pub duration: Option<f64>,
     pub audio_tracks: Option<usize>,
     pub renditions: Vec<RenditionView>,

@@ -6,12 +6,14 @@
 //! the folder ([`publish`], [`JobLayout::write_atomic`]). A reader never
 //! sees a partial file under a final name. Storage never deletes a file
 //! another pod may be serving: only an explicit purge of a whole job, and
-//! the sweep of abandoned `.tmp/` leftovers, remove files. It knows nothing
+//! the sweeps of abandoned `.tmp/` leftovers (by age when a job starts, by
+//! claim in [`sweep`]), remove files. It knows nothing
 //! of what a playlist says beyond reading one back ([`read_playlist`]).
 
 mod layout;
 mod plan_file;
 mod publish;
+mod sweep;
 
 pub use layout::{is_finished_playlist, AudioWorkDir, JobLayout};
 pub use plan_file::{read_plan, write_plan, PlanFileError};

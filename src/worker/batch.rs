@@ -127,14 +127,15 @@ impl Shared {
         // found gone.
         guard.stop_renewing();
         self.metrics.units_in_flight.sub(count);
+        let seconds = started.elapsed().as_secs_f64();
         self.metrics
             .unit_encode_seconds
             .with_label_values(&[kind])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(seconds);
         match result {
             Ok(verified) if guard.confirm_held().await => {
                 job.packager.learn_codecs(&verified.codecs);
-                self.publish(&job, &batch, guard.leases()).await
+                self.publish(&job, &batch, guard.leases(), seconds).await
             }
             result => {
                 batch.remove_outputs();

@@ -9,7 +9,8 @@
 //! - [`publish`]: outputs into place, the audio track while it is encoded;
 //!   [`outcome`]: done, failed, retried, playlists, the job's end;
 //! - [`health`]: the failure circuit; [`request`]: on-demand units;
-//!   [`notices`]: what other pods finished or gave back.
+//!   [`notices`]: what other pods finished or gave back; [`tmp_sweep`]: an
+//!   ended job's `.tmp/` swept by claim.
 //!
 //! It never parses requests or prints anything for a user.
 
@@ -28,6 +29,7 @@ mod publish;
 mod request;
 mod schedule;
 mod slots;
+mod tmp_sweep;
 mod units;
 
 pub use encoder::{Encoder, Ffmpeg};

@@ -14,13 +14,22 @@ use std::time::{Duration, Instant};
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 impl Shared {
-    /// Completes a published unit's lease and records the unit done.
-    pub(super) async fn complete(&self, job: &Arc<JobRun>, lease: &Lease) {
+    /// Completes a published unit's lease and records the unit done; one
+    /// `info` line per unit this pod made (`seconds`: its batch's encode),
+    /// so `docker-compose logs` / `kubectl logs` show who did what.
+    pub(super) async fn complete(&self, job: &Arc<JobRun>, lease: &Lease, seconds: f64) {
         match self.coord.complete(lease).await {
             Ok(Completion::Completed) => {}
             Ok(Completion::CompletedAfterLoss) => self.metrics.completed_after_loss.inc(),
             Err(err) => tracing::warn!(unit = %lease.unit, "completing lease: {err}"),
         }
+        tracing::info!(
+            job = %job.id(),
+            unit = %lease.unit,
+            seconds = (seconds * 1000.0).round() / 1000.0,
+            worker = %lease.worker_id,
+            "unit done"
+        );
         self.circuit.record_success();
         let rendition = lease.unit.rendition().unwrap_or("");
         self.metrics
@@ -143,6 +152,16 @@ impl Shared {
         if let Err(err) = self.coord.forget(job.id()).await {
             tracing::warn!(job = %job.id(), "forgetting job state: {err}");
         }
+        tokio::spawn(
+            super::tmp_sweep::FinishedSweep {
+                coord: self.coord.clone(),
+                layout: job.layout.clone(),
+                job: job.id(),
+                min_age: self.settings.run.stall_timeout,
+                shutdown: self.shutdown.clone(),
+            }
+            .run(),
+        );
         // send_replace stores the value even when nobody is waiting yet.
         job.outcome.send_replace(Some(outcome.clone()));
         let _ = self.events.send(WorkerEvent::Finished {

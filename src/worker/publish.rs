@@ -25,14 +25,21 @@ use std::time::Duration;
 const AUDIO_TRICKLE_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Shared {
-    /// Moves verified outputs into place and completes their leases.
-    pub(super) async fn publish(&self, job: &Arc<JobRun>, batch: &Batch, leases: &[Lease]) {
+    /// Moves verified outputs into place and completes their leases
+    /// (`seconds`: how long the batch's encode took, for the log).
+    pub(super) async fn publish(
+        &self,
+        job: &Arc<JobRun>,
+        batch: &Batch,
+        leases: &[Lease],
+        seconds: f64,
+    ) {
         match batch {
             Batch::Video { segment, outputs } => {
                 for (output, lease) in outputs.iter().zip(leases) {
                     let target = job.layout.segment(&output.rendition.name, segment.index);
                     match self.publish_file(&output.tmp_path, &target) {
-                        Ok(()) => self.complete(job, lease).await,
+                        Ok(()) => self.complete(job, lease, seconds).await,
                         Err(err) => {
                             let _ = std::fs::remove_file(&output.tmp_path);
                             let failure = UnitFailure::from(&err);
@@ -44,7 +51,7 @@ impl Shared {
             }
             Batch::Thumbnail { tmp_path } => {
                 match self.publish_file(tmp_path, &job.layout.thumbnail()) {
-                    Ok(()) => self.complete(job, &leases[0]).await,
+                    Ok(()) => self.complete(job, &leases[0], seconds).await,
                     Err(err) => self.fail_leases(job, leases, &(&err).into()).await,
                 }
             }
@@ -52,7 +59,7 @@ impl Shared {
                 let result = self.publish_audio(job, *track, work);
                 let _ = std::fs::remove_dir_all(work.path());
                 match result {
-                    Ok(()) => self.complete(job, &leases[0]).await,
+                    Ok(()) => self.complete(job, &leases[0], seconds).await,
                     Err(failure) => self.fail_leases(job, leases, &failure).await,
                 }
             }

@@ -8,8 +8,8 @@ use crate::transcode::TranscodeArgs;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use segswarm::settings::{
-    validate_max_attempts, worker_id_or_hostname, ClaimTtl, PodConfig, RunSettings, Slots,
-    DEFAULT_SEGMENT_DURATION,
+    validate_max_attempts, worker_id_or_hostname, ClaimTtl, LogFormat, PodConfig, RunSettings,
+    Slots, DEFAULT_SEGMENT_DURATION,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +21,10 @@ use std::time::Duration;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as `text` or `json` (one JSON object per line, with the
+    /// job and unit ids as fields, for log pipelines).
+    #[arg(long, global = true, env = "SEGSWARM_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,14 +134,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(_) => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SEGSWARM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEGSWARM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The event's fields (`job`, `unit`, ...) at the top level of each
+        // object, where log pipelines index them.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     match cli.command {
         Command::Transcode(args) => crate::transcode::run(args).await,
         Command::Serve(args) => serve(args).await,
