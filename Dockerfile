@@ -1,30 +1,23 @@
-# syntax=docker/dockerfile:1
 # segswarm image: `segswarm serve` by default (one pod of the cluster).
+#
+# With a registry (pulls rust:1-bookworm and debian:bookworm-slim, builds with cargo):
 #   docker build -t segswarm:dev .
+# Without a registry, from a binary built on the host (debian:bookworm-slim
+# must exist locally; docs/deploy.md, "Building without a registry"):
+#   cargo build --release --locked
+#   mkdir -p target/image && cp target/release/segswarm target/image/
+#   docker build --target runtime-prebuilt -f Dockerfile -t segswarm:dev target/image
+#
 #   docker run --rm -p 8080:8080 -v segswarm-data:/data segswarm:dev
 # Any other subcommand works too: `docker run --rm segswarm:dev transcode --help`.
+#
+# No `# syntax=` line: it would make BuildKit pull a frontend image, and the
+# legacy builder (DOCKER_BUILDKIT=0) ignores it anyway. Stages are in the
+# order the legacy builder needs: it builds every stage up to the target, so
+# `--target runtime-prebuilt` never reaches the rust stage.
 
-############################ build ############################
-FROM rust:1-bookworm AS build
-WORKDIR /src
-
-# Dependencies first, in their own layer: they only rebuild when
-# Cargo.toml / Cargo.lock change, not on every source edit.
-COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
- && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
- && cargo build --release --locked \
- && rm -rf src
-
-COPY src ./src
-# touch: make cargo rebuild the crate itself over the placeholder build above.
-RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked \
- && install -D -m 0755 target/release/segswarm /out/segswarm
-
-############################ runtime ############################
-FROM debian:bookworm-slim AS runtime
+############################ runtime base ############################
+FROM debian:bookworm-slim AS runtime-base
 
 # ffmpeg/ffprobe do the encoding (bookworm ships ffmpeg 5.1, the version the
 # encoding recipe was verified with); tini is PID 1 so that signals reach the
@@ -46,8 +39,6 @@ RUN groupadd --system --gid 10001 segswarm \
  && mkdir -p /data \
  && chown segswarm:segswarm /data
 
-COPY --from=build /out/segswarm /usr/local/bin/segswarm
-
 ENV SEGSWARM_STORAGE_DIR=/data \
     SEGSWARM_LISTEN=0.0.0.0:8080
 
@@ -66,3 +57,32 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
 
 ENTRYPOINT ["tini", "--", "segswarm"]
 CMD ["serve"]
+
+######################## runtime from a host binary ########################
+# The build context is a folder holding only `segswarm`, built on a host
+# whose glibc is not newer than bookworm's (2.36), e.g. Debian 12.
+FROM runtime-base AS runtime-prebuilt
+COPY segswarm /usr/local/bin/segswarm
+
+############################ build ############################
+FROM rust:1-bookworm AS build
+WORKDIR /src
+
+# Dependencies first, in their own layer: they only rebuild when
+# Cargo.toml / Cargo.lock change, not on every source edit.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && cargo build --release --locked \
+ && rm -rf src
+
+COPY src ./src
+# touch: make cargo rebuild the crate itself over the placeholder build above.
+RUN touch src/main.rs src/lib.rs \
+ && cargo build --release --locked \
+ && install -D -m 0755 target/release/segswarm /out/segswarm
+
+############################ runtime (default target) ############################
+FROM runtime-base AS runtime
+COPY --from=build /out/segswarm /usr/local/bin/segswarm
