@@ -56,7 +56,7 @@ fn body_too_large() -> ApiError {
 /// large, before the body is read: a client that sent `Expect:
 /// 100-continue` (curl does for large bodies) then gets 413 without being
 /// asked for the body. Bodies without the header are cut by the limit.
-struct DeclaredLengthWithinLimit;
+pub(super) struct DeclaredLengthWithinLimit;
 
 impl<S: Send + Sync> FromRequestParts<S> for DeclaredLengthWithinLimit {
     type Rejection = ApiError;

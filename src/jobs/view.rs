@@ -32,6 +32,7 @@ pub struct RenditionView {
 /// A job as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct JobView {
+    #[schema(value_type = String, format = Uuid)]
     pub id: JobId,
     pub status: JobStatus,
     /// The source as submitted (a path under a source root, or a URL).
