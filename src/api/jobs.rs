@@ -2,7 +2,7 @@
 //! each with its OpenAPI description.
 
 use super::{ApiError, AppState, ErrorBody, MAX_BODY_BYTES};
-use crate::jobs::{JobEvent, JobStatus, JobView, SubmitRequest};
+use crate::jobs::{JobEvent, JobEventKind, JobStatus, JobView, SubmitRequest};
 use crate::JobId;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -270,6 +270,19 @@ pub(super) async fn cancel(
     Ok(Json(state.manager.cancel(id, purge).await?))
 }
 
+/// One Server-Sent Event of `GET /v1/jobs/{id}/events`, as a client parses
+/// it (`id:`, `event:` and `data:` lines).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the stream is written with axum's `Event`
+pub(super) struct JobEventFrame {
+    /// The event's sequence number; send it back as `Last-Event-ID` to
+    /// resume after it.
+    id: String,
+    event: JobEventKind,
+    /// The job (a `JobView`, as JSON) when the event happened.
+    data: String,
+}
+
 /// Server-Sent Events: the job's history (after `Last-Event-ID`), then live
 /// events; the stream ends after the terminal event.
 #[utoipa::path(
@@ -279,8 +292,8 @@ pub(super) async fn cancel(
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id"),
     ),
     responses(
-        (status = 200, description = "`event: <kind>` (queued, processing, thumbnail_ready, progress, playable, done, partial, failed, canceled), `id: <seq>`, `data: <the job as JSON>`", body = String, content_type = "text/event-stream"),
-        (status = 400, description = "The id is not a UUID (`invalid_id`)", body = ErrorBody),
+        (status = 200, description = "One event per job event: `id: <seq>`, `event: <kind>`, `data: <the job as JSON>`; the stream ends after the terminal event", body = JobEventFrame, content_type = "text/event-stream"),
+        (status = 400, description = "The id is not a UUID (`invalid_id`), or `Last-Event-ID` is not an event id (`invalid_last_event_id`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
     ),
@@ -291,11 +304,7 @@ pub(super) async fn events(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
-    let after = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let after = last_event_id(&headers)?;
     let (history, receiver, view) = state.manager.subscribe(id, after)?;
     let ended = view.status.is_terminal() && history.is_empty();
     let stream = event_stream(EventStream {
@@ -306,6 +315,27 @@ pub(super) async fn events(
         shutdown: state.shutdown.clone(),
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The `Last-Event-ID` header: 0 without one. Event ids are non-negative
+/// 64-bit integers (below 2^63, as the document's `int64` says); anything
+/// else is refused rather than read as "from the start".
+fn last_event_id(headers: &HeaderMap) -> Result<u64, ApiError> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(0);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .filter(|id| i64::try_from(*id).is_ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_last_event_id",
+                "Last-Event-ID must be the id of an event (a non-negative integer below 2^63)",
+            )
+        })
 }
 
 struct EventStream {

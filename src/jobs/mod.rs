@@ -36,7 +36,7 @@ mod view;
 mod worker_events;
 
 pub use events::JobEvent;
-pub use model::{JobMode, JobRecord, JobStatus};
+pub use model::{JobEventKind, JobMode, JobRecord, JobStatus};
 pub use request::{JobSettings, SubmitRequest};
 pub use view::JobView;
 

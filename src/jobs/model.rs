@@ -73,7 +73,7 @@ impl JobStatus {
 
 /// The kind of one entry of a job's event stream: the SSE event name, the
 /// webhook's event header and the `<name>` of an event between pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobEventKind {
     Queued,
