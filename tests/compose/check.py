@@ -228,8 +228,7 @@ def holders():
 def tmp_files():
     """In-progress files left in any job's .tmp/ on the shared volume."""
     volume = f"{PROJECT}_segswarm-data"
-    out = docker("run", "--rm", "--name", f"{PROJECT}-inspect", "--label",
-                 f"com.docker.compose.project={PROJECT}", "-v", f"{volume}:/data",
+    out = docker("run", "--rm", "--label", f"com.docker.compose.project={PROJECT}", "-v", f"{volume}:/data",
                  "--entrypoint", "find", "segswarm-ci/segswarm:test", "/data/jobs",
                  "-mindepth", "3", "-path", "*/.tmp/*")
     return [line for line in out.splitlines() if line.strip()]
@@ -288,15 +287,34 @@ def main():
     # ------------------------------------------ job B: docker kill ----
     job_b = submit(clips["b"])
     by_host = {hostname(c): c for c in replicas}
+    redis = docker("ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}",
+                   "--filter", "label=com.docker.compose.service=redis").split()[0]
+    tmp_b = f"/data/jobs/{job_b}/.tmp"
 
-    def victim_holding():
+    def victim_with_a_file():
+        """A replica holding a video unit of B whose in-progress file exists
+        (the claim's value in Redis is `<token> <worker_id>`)."""
         for holder in holders():
-            if holder["job"] == job_b and holder["worker_id"] in by_host and holder["unit"].startswith("video/"):
-                return holder["worker_id"]
+            if holder["job"] != job_b or holder["worker_id"] not in by_host \
+                    or not holder["unit"].startswith("video/"):
+                continue
+            value = docker("exec", redis, "redis-cli", "GET",
+                           f"segswarm:{{{job_b}}}:claim:{holder['unit']}", check_status=False)
+            token = value.split(" ")[0] if " " in value else ""
+            names = docker("exec", by_host[holder["worker_id"]], "ls", tmp_b, check_status=False)
+            if token and any(name.startswith(token) for name in names.split()):
+                return holder["worker_id"], token
         return None
-    victim = wait(victim_holding, 120, "a replica to hold a unit of job B")
+    victim, token = wait(victim_with_a_file, 120, "a replica to hold a unit of job B with its file in .tmp/")
     docker("kill", by_host[victim])
     killed = time.monotonic()
+    survivors = [c for c in replicas if c != by_host[victim]]
+
+    def stranded():
+        names = docker("exec", survivors[0], "ls", tmp_b, check_status=False).split()
+        return [name for name in names if name.startswith(token)]
+    left = stranded()
+    print(f"compose-test: the killed replica left {left} in job B's .tmp/", flush=True)
     wait(lambda: not any(h["worker_id"] == victim for h in holders()), 120,
          f"the killed replica's claims to be taken over")
     taken_over = time.monotonic() - killed
@@ -307,6 +325,18 @@ def main():
     decodes(job_b, "B")
     state = inspect(by_host[victim], "{{.State.Status}} (restarts: {{.RestartCount}})")
     print(f"compose-test: the killed replica is {state} (restart: unless-stopped)", flush=True)
+    wait(lambda: not stranded(), 60, "the killed replica's in-progress files to be swept")
+    check(True, f"the killed replica's in-progress files of job B were swept "
+          f"{time.monotonic() - killed:.1f} s after the kill (SEGSWARM_STALL_TIMEOUT "
+          f"{ENV['SEGSWARM_STALL_TIMEOUT']} s)")
+    swept_by = [hostname(c) for c in survivors
+                if "removed stale in-progress files of an ended job" in run([DOCKER, "logs", c]).stderr]
+    # (Nothing was left when the killed encode had just been published.)
+    check(swept_by or not left, f"the sweep of {len(left)} stranded entries was logged by {swept_by}")
+    compose("start", "transcoder")
+    wait(lambda: len(transcoders()) == REPLICAS and all(health(c) == "healthy" for c in transcoders()),
+         120, "the killed replica to be back and healthy")
+    check(True, f"docker-compose start brought the killed replica back ({REPLICAS} healthy)")
 
     # ------------------------------------ job C: restart redis mid-job ----
     job_c = submit(clips["c"])
