@@ -50,8 +50,8 @@ pub use worker::{FailureKind, JobOutcome, JobRun, UnitFailure, WorkerEvent};
 pub mod settings {
     pub use crate::config::{
         validate_max_attempts, validate_preset, validate_segment_duration, worker_id_or_hostname,
-        ClaimTtl, ConfigError, EncodeSettings, Ladder, LogFormat, PodConfig, RunSettings, Rung, Slots,
-        DEFAULT_SEGMENT_DURATION,
+        ClaimTtl, ConfigError, EncodeSettings, Ladder, LogFormat, PodConfig, RunSettings, Rung,
+        Slots, DEFAULT_SEGMENT_DURATION,
     };
 }
 

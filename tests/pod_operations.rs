@@ -135,7 +135,9 @@ async fn json_logs_name_every_unit_a_pod_finished() {
     let units = segments + 2; // + the audio track and the thumbnail
 
     let lines = json_lines(&pod.log_text());
-    assert!(lines.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()));
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["timestamp"].is_string()));
     let finished: Vec<&Value> = lines
         .iter()
         .filter(|l| l["message"] == "unit done")
@@ -146,7 +148,10 @@ async fn json_logs_name_every_unit_a_pod_finished() {
         .collect();
     assert_eq!(finished.len(), units, "one line per unit: {finished:?}");
     assert_eq!(names.len(), units, "each unit once: {names:?}");
-    assert!(names.contains("thumbnail") && names.contains("audio/0"), "{names:?}");
+    assert!(
+        names.contains("thumbnail") && names.contains("audio/0"),
+        "{names:?}"
+    );
     assert!(names.contains("video/240p/0"), "{names:?}");
     for line in &finished {
         assert_eq!(line["level"], "INFO");
@@ -247,7 +252,9 @@ async fn a_killed_pods_tmp_files_are_swept_once_the_job_is_done() {
             .unwrap_or_default()
     );
     assert!(
-        pod_b.log_text().contains("removed stale in-progress files of an ended job"),
+        pod_b
+            .log_text()
+            .contains("removed stale in-progress files of an ended job"),
         "pod-b says what it swept:\n{}",
         pod_b.log_text()
     );

@@ -63,7 +63,10 @@ struct BearerToken;
 impl Modify for BearerToken {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
@@ -72,9 +75,9 @@ impl Modify for BearerToken {
 pub fn document() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
-        let mut text = ApiDoc::openapi()
-            .to_pretty_json()
-            .unwrap_or_else(|err| format!("{{\"error\": \"the OpenAPI document does not serialize: {err}\"}}"));
+        let mut text = ApiDoc::openapi().to_pretty_json().unwrap_or_else(|err| {
+            format!("{{\"error\": \"the OpenAPI document does not serialize: {err}\"}}")
+        });
         text.push('\n');
         text
     })
@@ -94,7 +97,11 @@ mod tests {
     #[test]
     fn the_document_is_openapi_3_1_with_every_route() {
         let doc: serde_json::Value = serde_json::from_str(super::document()).unwrap();
-        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+        assert!(
+            doc["openapi"].as_str().unwrap().starts_with("3.1"),
+            "{}",
+            doc["openapi"]
+        );
         let paths = doc["paths"].as_object().unwrap();
         for (path, method) in [
             ("/v1/jobs", "post"),
@@ -109,10 +116,19 @@ mod tests {
             ("/healthz", "get"),
             ("/readyz", "get"),
         ] {
-            assert!(paths[path][method].is_object(), "{method} {path} is documented");
+            assert!(
+                paths[path][method].is_object(),
+                "{method} {path} is documented"
+            );
         }
         let schemas = doc["components"]["schemas"].as_object().unwrap();
-        for name in ["SubmitRequest", "JobView", "JobStatus", "ErrorBody", "ClusterView"] {
+        for name in [
+            "SubmitRequest",
+            "JobView",
+            "JobStatus",
+            "ErrorBody",
+            "ClusterView",
+        ] {
             assert!(schemas.contains_key(name), "schema {name}");
         }
         // Unknown fields are refused by the API, and the schema says so.

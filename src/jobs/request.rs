@@ -11,9 +11,9 @@ use crate::config::{validate_segment_duration, EncodeSettings, Ladder};
 use crate::egress::EgressPolicy;
 use crate::source::Source;
 use serde::Deserialize;
-use utoipa::ToSchema;
 use std::path::PathBuf;
 use std::time::Duration;
+use utoipa::ToSchema;
 
 /// A ladder given as `["240p","360p"]` or `"240p,360p"`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]

@@ -13,8 +13,8 @@ use crate::storage::JobLayout;
 use crate::sync::lock;
 use crate::JobId;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use std::time::{Duration, SystemTime};
+use utoipa::ToSchema;
 
 /// Per-rendition progress in a [`JobView`].
 #[derive(Debug, Clone, Serialize, ToSchema)]

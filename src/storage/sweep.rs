@@ -107,7 +107,9 @@ impl JobLayout {
                 Ok(()) => report.removed += 1,
                 // Another pod's sweep got there first.
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => tracing::warn!(path = %entry.path.display(), "removing a stale in-progress file: {err}"),
+                Err(err) => {
+                    tracing::warn!(path = %entry.path.display(), "removing a stale in-progress file: {err}")
+                }
             }
         }
         report

@@ -23,7 +23,12 @@ pub struct Cli {
     pub command: Command,
     /// Log lines as `text` or `json` (one JSON object per line, with the
     /// job and unit ids as fields, for log pipelines).
-    #[arg(long, global = true, env = "SEGSWARM_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "SEGSWARM_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
