@@ -15,10 +15,11 @@
 //! never shorter than what either writer read: each writes only a playlist
 //! at least as long as the file it read, so it never undoes anything it
 //! saw. What it may undo is the other writer's concurrent step (a few
-//! segments, or ENDLIST); that writer, and the packager of every pod,
-//! then writes again from storage (its next round, see
-//! [`super::Packager`]), and storage only gains segments, so the playlist
-//! comes back at least to what storage holds at once.
+//! segments, or ENDLIST). Every writer therefore looks once more after its
+//! write ([`write_media`]) and puts its playlist back if a shorter one
+//! landed over it, and the packager of every pod derives the next write
+//! from storage, which only gains segments: the playlist comes back at
+//! once to at least what either writer wrote.
 
 use crate::hls;
 use crate::storage::{JobLayout, StorageError};
@@ -109,14 +110,22 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
 
 /// Writes the media playlist `bytes` (which list `state`) to `path` unless
 /// the file there lists more or is final while this is not. Returns whether
-/// it was written.
+/// it was written. After a write it looks once more: if a concurrent
+/// writer's shorter copy landed over ours, ours goes back.
 pub fn write_media(
     layout: &JobLayout,
     path: &Path,
     bytes: &[u8],
     state: MediaState,
 ) -> Result<bool, StorageError> {
-    layout.rewrite_if(path, bytes, |current| media_may_replace(current, state))
+    let mut written = false;
+    for _ in 0..2 {
+        if !layout.rewrite_if(path, bytes, |current| media_may_replace(current, state))? {
+            break;
+        }
+        written = true;
+    }
+    Ok(written)
 }
 
 /// Writes the master playlist `bytes` (which list the media playlists

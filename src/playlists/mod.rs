@@ -24,10 +24,9 @@ use growth::MediaState;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// How many times one update reads, decides and writes a playlist: a write
-/// is followed by one more look, which repairs a concurrent writer's
-/// shorter copy (see [`growth`]); a write refused because the file changed
-/// meanwhile is tried again.
+/// How many times one update reads storage, decides and writes a playlist:
+/// after a write (or a write refused because the file changed meanwhile)
+/// it looks again, for segments published in the meantime.
 const WRITE_ROUNDS: usize = 3;
 
 /// Errors while writing playlists.
@@ -144,8 +143,8 @@ impl Packager {
             }
             let bytes = self.media_playlist(wanted.segments, wanted.finished);
             growth::write_media(&self.layout, &path, &bytes, wanted)?;
-            // Written or not (the file grew meanwhile), look again: a
-            // concurrent writer may have put a shorter copy over ours.
+            // Written or not (another writer's longer one got there
+            // first), look again: storage may have grown meanwhile.
             on_file = growth::read_media_state(&path)?;
         }
         Ok(on_file.unwrap_or(MediaState {

@@ -421,15 +421,16 @@ mod tests {
         assert_eq!(leftovers, 0, "temporary copies left in .tmp");
     }
 
+    /// Longer text wins, as a stand-in for "more segments".
+    fn longer(bytes: &[u8]) -> impl Fn(Option<&[u8]>) -> bool + '_ {
+        move |current| current.is_none_or(|c| c.len() < bytes.len())
+    }
+
     #[test]
     fn rewrite_if_follows_the_rule_on_what_the_file_holds() {
         let scratch = Scratch::new("rewrite");
         let layout = scratch.layout();
         let path = scratch.0.join("index.m3u8");
-        // Longer text wins, as a stand-in for "more segments".
-        let longer = |bytes: &[u8]| {
-            move |current: Option<&[u8]>| current.is_none_or(|c| c.len() < bytes.len())
-        };
         assert!(layout.rewrite_if(&path, b"abc", longer(b"abc")).unwrap());
         assert!(!layout.rewrite_if(&path, b"ab", longer(b"ab")).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), b"abc");
