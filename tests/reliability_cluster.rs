@@ -565,7 +565,9 @@ async fn two_pods_racing_one_unit_publish_one_file_and_count_the_loser() {
     start_traced(&mut cluster, "pod-b", &wrapper_b).await;
     let pod_b = cluster.pod("pod-b").pid();
     assert!(
-        wait_for(JOB_LIMIT, || done_units(&cluster, &id).len() == units - SEGMENT_1.len()).await,
+        wait_for(JOB_LIMIT, || done_units(&cluster, &id).len()
+            == units - SEGMENT_1.len())
+        .await,
         "the units besides segment 1 were not done: {:?}\n{}",
         done_units(&cluster, &id),
         cluster.logs()
@@ -578,7 +580,10 @@ async fn two_pods_racing_one_unit_publish_one_file_and_count_the_loser() {
         .map(|r| job_dir.join(r).join("seg_00001.ts"))
         .collect();
     assert!(
-        wait_for(Duration::from_secs(60), || targets.iter().all(|t| t.is_file())).await,
+        wait_for(Duration::from_secs(60), || targets
+            .iter()
+            .all(|t| t.is_file()))
+        .await,
         "pod-b did not take segment 1 over from the cut-off pod-a\n{}",
         cluster.logs()
     );
@@ -593,7 +598,10 @@ async fn two_pods_racing_one_unit_publish_one_file_and_count_the_loser() {
         "pod-a's held encode ended before pod-b published: the race did not happen"
     );
     assert!(
-        wrapper_b.encodes().iter().any(|e| e.pod_pid == pod_b && e.units == SEGMENT_1),
+        wrapper_b
+            .encodes()
+            .iter()
+            .any(|e| e.pod_pid == pod_b && e.units == SEGMENT_1),
         "segment 1 is on storage but pod-b never encoded it: {:?}",
         wrapper_b.encodes()
     );
@@ -631,9 +639,8 @@ async fn two_pods_racing_one_unit_publish_one_file_and_count_the_loser() {
         )
     });
     let metrics = pod.metrics().await;
-    let value = |name: &str, labels: &[(&str, &str)]| {
-        metric_value(&metrics, name, labels).unwrap_or(0.0)
-    };
+    let value =
+        |name: &str, labels: &[(&str, &str)]| metric_value(&metrics, name, labels).unwrap_or(0.0);
     assert_eq!(value("segswarm_duplicate_outputs_total", &video), 2.0);
     assert!(
         value("segswarm_unconfirmed_publishes_total", &[]) >= 2.0,
@@ -651,9 +658,15 @@ async fn two_pods_racing_one_unit_publish_one_file_and_count_the_loser() {
     proxy.restore();
     let pod = cluster.pod("pod-a");
     assert!(
-        wait_pod_metric(pod, "segswarm_mode", &[("mode", "distributed")], 1.0, JOB_LIMIT)
-            .await
-            .is_some(),
+        wait_pod_metric(
+            pod,
+            "segswarm_mode",
+            &[("mode", "distributed")],
+            1.0,
+            JOB_LIMIT
+        )
+        .await
+        .is_some(),
         "pod-a did not come back to Redis\n{}",
         pod.log_text()
     );

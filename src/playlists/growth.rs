@@ -42,8 +42,7 @@ impl MediaState {
         let playlist = hls::parse_media_playlist(bytes).ok()?;
         Some(MediaState {
             segments: playlist.segments.len(),
-            finished: playlist.end_list
-                || playlist.playlist_type == Some(MediaPlaylistType::Vod),
+            finished: playlist.end_list || playlist.playlist_type == Some(MediaPlaylistType::Vod),
         })
     }
 }
@@ -192,7 +191,10 @@ mod tests {
             names.iter().map(|n| format!("{n}/index.m3u8")).collect()
         };
         assert!(master_keeps(&uris(&["240p"]), &uris(&["240p", "360p"])));
-        assert!(master_keeps(&uris(&["240p", "360p"]), &uris(&["240p", "360p"])));
+        assert!(master_keeps(
+            &uris(&["240p", "360p"]),
+            &uris(&["240p", "360p"])
+        ));
         assert!(!master_keeps(&uris(&["240p", "360p"]), &uris(&["240p"])));
         assert!(!master_keeps(&uris(&["360p"]), &uris(&["240p"])));
     }

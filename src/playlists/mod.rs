@@ -180,8 +180,7 @@ impl Packager {
                 .iter()
                 .map(|r| r.name.clone())
                 .filter(|name| {
-                    ready.contains(name)
-                        || on_file.contains(&JobLayout::media_playlist_uri(name))
+                    ready.contains(name) || on_file.contains(&JobLayout::media_playlist_uri(name))
                 })
                 .collect();
             // Another pod's master plays even if this pod has not seen the
@@ -195,8 +194,7 @@ impl Packager {
             let measured: Vec<bool> = listed
                 .iter()
                 .map(|name| {
-                    self.lock().codecs.contains_key(name)
-                        || self.layout.segment(name, 0).is_file()
+                    self.lock().codecs.contains_key(name) || self.layout.segment(name, 0).is_file()
                 })
                 .collect();
             let uris: Vec<String> = listed
@@ -204,8 +202,8 @@ impl Packager {
                 .map(|name| JobLayout::media_playlist_uri(name))
                 .collect();
             let key = (listed.clone(), complete, measured);
-            let unchanged = self.lock().master.as_ref() == Some(&key)
-                && growth::master_keeps(&uris, &on_file);
+            let unchanged =
+                self.lock().master.as_ref() == Some(&key) && growth::master_keeps(&uris, &on_file);
             if unchanged {
                 return Ok(true);
             }

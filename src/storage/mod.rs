@@ -17,9 +17,9 @@ mod layout;
 mod plan_file;
 mod publish;
 
-pub use layout::{is_finished_playlist, AudioWorkDir, JobLayout};
+pub use layout::{AudioWorkDir, JobLayout};
 pub use plan_file::{read_plan, write_plan, PlanFileError};
-pub use publish::{publish, read_playlist, PlaylistError, Publication, Published};
+pub use publish::{publish, read_playlist, PlaylistError, Published};
 
 use std::path::{Path, PathBuf};
 

@@ -95,8 +95,7 @@ impl LeaseGuard {
             return LeaseCheck::Lost;
         }
         let checks =
-            futures_util::future::join_all(self.leases.iter().map(|l| self.coord.confirm(l)))
-                .await;
+            futures_util::future::join_all(self.leases.iter().map(|l| self.coord.confirm(l))).await;
         for (lease, check) in self.leases.iter().zip(&checks) {
             if *check == LeaseCheck::Lost {
                 tracing::warn!(unit = %lease.unit, "lease lost before publishing; dropping the output");

@@ -84,7 +84,13 @@ impl Shared {
 
     /// Counts what a publish found, then completes the lease: the unit is
     /// done whoever's copy is on storage.
-    async fn settle(&self, job: &Arc<JobRun>, lease: &Lease, published: Published, confirmed: bool) {
+    async fn settle(
+        &self,
+        job: &Arc<JobRun>,
+        lease: &Lease,
+        published: Published,
+        confirmed: bool,
+    ) {
         if !confirmed {
             self.metrics.unconfirmed_publishes.inc();
         }
