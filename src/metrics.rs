@@ -23,6 +23,11 @@ pub struct Metrics {
     pub bytes_written: IntCounter,
     pub leases_lost: IntCounter,
     pub completed_after_loss: IntCounter,
+    /// Units this pod encoded whose output another writer had published
+    /// first (its copy dropped), by unit kind.
+    pub duplicate_outputs: IntCounterVec,
+    /// Units published while their lease could not be confirmed.
+    pub unconfirmed_publishes: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
     pub jobs: IntGaugeVec,
@@ -109,6 +114,20 @@ impl Metrics {
         let completed_after_loss = IntCounter::new(
             "segswarm_completed_after_lease_loss_total",
             "Units completed after their lease had been lost",
+        )?;
+        let duplicate_outputs = IntCounterVec::new(
+            Opts::new(
+                "segswarm_duplicate_outputs_total",
+                "Units encoded here whose output another writer had already published (this copy dropped)",
+            ),
+            &["kind"],
+        )?;
+        for kind in ["video", "audio", "thumbnail"] {
+            duplicate_outputs.with_label_values(&[kind]);
+        }
+        let unconfirmed_publishes = IntCounter::new(
+            "segswarm_unconfirmed_publishes_total",
+            "Units published while their lease could not be confirmed (Redis away, local claims)",
         )?;
         let http_requests = IntCounterVec::new(
             Opts::new(
@@ -217,6 +236,8 @@ impl Metrics {
             Box::new(bytes_written.clone()),
             Box::new(leases_lost.clone()),
             Box::new(completed_after_loss.clone()),
+            Box::new(duplicate_outputs.clone()),
+            Box::new(unconfirmed_publishes.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_request_seconds.clone()),
             Box::new(jobs.clone()),
@@ -246,6 +267,8 @@ impl Metrics {
             bytes_written,
             leases_lost,
             completed_after_loss,
+            duplicate_outputs,
+            unconfirmed_publishes,
             http_requests,
             http_request_seconds,
             jobs,

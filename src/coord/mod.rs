@@ -73,9 +73,25 @@ pub enum Completion {
     /// The lease was still ours.
     Completed,
     /// The lease had been lost (expired, taken over); the unit is marked done
-    /// anyway, which is safe because outputs are deterministic and renamed
-    /// atomically, but it is counted.
+    /// anyway, which is safe because its output is on storage (published
+    /// with no-replace: the first copy stays, whoever made it), but it is
+    /// counted.
     CompletedAfterLoss,
+}
+
+/// What a check of a lease right before publishing found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseCheck {
+    /// Ours, confirmed by the authority every pod shares (Redis), or by
+    /// the in-process coordinator of a pod that is alone.
+    Held,
+    /// Another holder has it, or it expired: the output is dropped.
+    Lost,
+    /// Neither could be confirmed: the backend did not answer in time, or
+    /// the pod coordinates locally while it should share claims (fallback).
+    /// Publishing is still safe (no-replace: the first copy wins); it is
+    /// counted.
+    Unconfirmed,
 }
 
 /// Why a wait for a unit ended.
@@ -123,6 +139,19 @@ pub trait Coordinator: Send + Sync {
     /// Extends a lease by the claim TTL. `Ok(false)` means the lease is lost:
     /// the caller must stop producing that unit at once.
     async fn renew(&self, lease: &Lease) -> Result<bool, CoordError>;
+
+    /// Checks and extends a lease right before its output is published.
+    /// Must answer quickly whatever the backend does: a publish never waits
+    /// for a backend timeout. By default, a renewal: extended is
+    /// [`LeaseCheck::Held`], refused is [`LeaseCheck::Lost`], an error is
+    /// [`LeaseCheck::Unconfirmed`].
+    async fn confirm(&self, lease: &Lease) -> LeaseCheck {
+        match self.renew(lease).await {
+            Ok(true) => LeaseCheck::Held,
+            Ok(false) => LeaseCheck::Lost,
+            Err(_) => LeaseCheck::Unconfirmed,
+        }
+    }
 
     /// Marks the unit done, drops the claim if it is still ours and announces
     /// the completion. Called after the output was published.

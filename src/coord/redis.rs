@@ -22,8 +22,8 @@ mod notices;
 mod scripts;
 
 use super::{
-    new_token, ClaimOutcome, ClusterCapacity, Completion, CoordError, Coordinator, Lease, Mode,
-    WaitOutcome,
+    new_token, ClaimOutcome, ClusterCapacity, Completion, CoordError, Coordinator, Lease,
+    LeaseCheck, Mode, WaitOutcome,
 };
 use crate::config::ClaimTtl;
 use crate::metrics::Metrics;
@@ -52,6 +52,13 @@ const FORGET_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 /// When a claim key has no expiry (never written by us), how soon a waiter
 /// looks again.
 const NO_EXPIRY_RECHECK: Duration = Duration::from_secs(1);
+
+/// Longest a pre-publish confirmation of a lease waits for Redis. A renewal
+/// is one round trip (well under a millisecond on a LAN): one that takes
+/// longer means Redis is away or overloaded, and a publish does not need
+/// the answer to be safe (no-replace), only to be counted; it must not
+/// wait for the 3 s operation timeout on every file.
+const CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What went wrong in one Redis round trip, before the operation adds its
 /// context.
@@ -364,6 +371,24 @@ impl Coordinator for RedisCoordinator {
                     format!("renew of job {} unit {}", lease.job, lease.unit),
                     err,
                 ))
+            }
+        }
+    }
+
+    /// A renewal bounded by [`CONFIRM_TIMEOUT`] (or the operation timeout
+    /// if shorter); no answer in time is [`LeaseCheck::Unconfirmed`].
+    async fn confirm(&self, lease: &Lease) -> LeaseCheck {
+        let bound = CONFIRM_TIMEOUT.min(self.op_timeout);
+        match tokio::time::timeout(bound, self.renew(lease)).await {
+            Ok(Ok(true)) => LeaseCheck::Held,
+            Ok(Ok(false)) => LeaseCheck::Lost,
+            Ok(Err(_)) => LeaseCheck::Unconfirmed,
+            Err(_) => {
+                self.metrics
+                    .lease_renewals
+                    .with_label_values(&["error"])
+                    .inc();
+                LeaseCheck::Unconfirmed
             }
         }
     }

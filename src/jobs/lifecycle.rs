@@ -144,8 +144,9 @@ impl JobManager {
     /// `planned` notice wakes the wait, and the plan is read from the
     /// registry; `job.json` on storage is looked for too (the planner's
     /// Redis write may have failed). `None` means: prepare from storage,
-    /// which probes after all if the planner died first (the plan is
-    /// deterministic).
+    /// which probes after all if the planner died first (the same source
+    /// and settings give the same plan, and `job.json` is published
+    /// no-replace: the first plan written is the job's).
     async fn wait_for_plan(&self, entry: &JobEntry) -> Option<Plan> {
         let id = entry.record().id;
         let path = self.storage.job(id).job_json();

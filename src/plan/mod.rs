@@ -13,6 +13,8 @@ use crate::source::Source;
 use crate::JobId;
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+pub(crate) mod fixture;
 mod unit;
 pub use unit::Unit;
 

@@ -198,7 +198,7 @@ impl JobLayout {
 
 /// True when the playlist at `path` exists and has ENDLIST (it will not
 /// grow any more).
-pub fn is_finished_playlist(path: &Path) -> bool {
+fn is_finished_playlist(path: &Path) -> bool {
     std::fs::read(path)
         .map(|bytes| crate::hls::has_endlist(&bytes))
         .unwrap_or(false)

@@ -2,20 +2,24 @@
 //!
 //! Owns every path and file name under the storage root ([`Storage`] for the
 //! root, [`JobLayout`] for one job's folder: one place knows the layout) and
-//! the publish step: write under `.tmp/`, fsync, rename into place, fsync
-//! the folder ([`publish`], [`JobLayout::write_atomic`]). A reader never
-//! sees a partial file under a final name. Storage never deletes a file
-//! another pod may be serving: only an explicit purge of a whole job, and
-//! the sweep of abandoned `.tmp/` leftovers, remove files. It knows nothing
-//! of what a playlist says beyond reading one back ([`read_playlist`]).
+//! the publish step: write under `.tmp/`, fsync, then into place with
+//! no-replace semantics, fsync the folder ([`publish`]). A reader never
+//! sees a partial file under a final name, and a published output is
+//! final: a second writer of the same name gets [`Published::AlreadyThere`].
+//! Only playlists are rewritten, and only when the caller's rule accepts
+//! the file they replace ([`JobLayout::rewrite_if`]). Storage never deletes
+//! a file another pod may be serving: only an explicit purge of a whole
+//! job, and the sweep of abandoned `.tmp/` leftovers, remove files. It
+//! knows nothing of what a playlist says beyond reading one back
+//! ([`read_playlist`]).
 
 mod layout;
 mod plan_file;
 mod publish;
 
-pub use layout::{is_finished_playlist, AudioWorkDir, JobLayout};
+pub use layout::{AudioWorkDir, JobLayout};
 pub use plan_file::{read_plan, write_plan, PlanFileError};
-pub use publish::{publish, read_playlist, PlaylistError};
+pub use publish::{publish, read_playlist, PlaylistError, Published};
 
 use std::path::{Path, PathBuf};
 

@@ -9,7 +9,7 @@
 use super::job_run::JobRun;
 use super::lease::LeaseGuard;
 use super::{Shared, UnitFailure};
-use crate::coord::{ClaimOutcome, Lease};
+use crate::coord::{ClaimOutcome, Lease, LeaseCheck};
 use crate::encode::{Batch, VideoOutput};
 use crate::ffmpeg::RunControl;
 use crate::plan::Unit;
@@ -131,23 +131,28 @@ impl Shared {
             .unit_encode_seconds
             .with_label_values(&[kind])
             .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(verified) if guard.confirm_held().await => {
-                job.packager.learn_codecs(&verified.codecs);
-                self.publish(&job, &batch, guard.leases()).await
-            }
-            result => {
-                batch.remove_outputs();
-                match result.err() {
-                    Some(err) if !guard.is_lost() && !err.is_canceled() => {
-                        self.fail_leases(&job, guard.leases(), &UnitFailure::from(&err))
-                            .await
-                    }
-                    // Not the unit's fault: give the leases back so others
-                    // (or this pod later) take them now, not after the TTL.
-                    _ => self.give_back(&job, guard.leases()).await,
+        let err = match result {
+            Ok(verified) => {
+                // Lost: someone else makes the unit, drop ours. Held or
+                // unconfirmed: publish (a publish never replaces a file).
+                let check = guard.confirm().await;
+                if check != LeaseCheck::Lost {
+                    job.packager.learn_codecs(&verified.codecs);
+                    return self.publish(&job, &batch, guard.leases(), check).await;
                 }
+                None
             }
+            Err(err) => Some(err),
+        };
+        batch.remove_outputs();
+        match err {
+            Some(err) if !guard.is_lost() && !err.is_canceled() => {
+                self.fail_leases(&job, guard.leases(), &UnitFailure::from(&err))
+                    .await
+            }
+            // Not the unit's fault: give the leases back so others (or this
+            // pod later) take them now, not after the TTL.
+            _ => self.give_back(&job, guard.leases()).await,
         }
     }
 

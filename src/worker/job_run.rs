@@ -137,7 +137,6 @@ impl JobRun {
                 || self.layout.audio_playlist(a.track).is_file()
         });
         Availability {
-            contiguous: book.contiguous().clone(),
             failed: book.failed_renditions().cloned().collect(),
             audio_listed,
         }

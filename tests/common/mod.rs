@@ -18,6 +18,8 @@
 //!   `tests/browser/` (pinned hls.js and playwright-core).
 //! - [`cluster`]: several pods sharing one Redis and one storage folder
 //!   ([`cluster::Cluster`]) and an `ffmpeg` wrapper that holds encodes.
+//! - [`proxy`]: a loopback TCP proxy that cuts a pod off from Redis (a
+//!   black hole, like a DROP rule) and restores it ([`proxy::CutProxy`]).
 //! - [`mounts`]: a small tmpfs and a read-only bind mount for storage
 //!   faults ([`mounts::Mount`], unmounted on drop).
 //! - [`integrity`]: a thread that checks every file of a job folder is
@@ -38,6 +40,7 @@ pub mod media;
 pub mod mounts;
 pub mod pod;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 pub mod stats;
 pub mod webhook;
