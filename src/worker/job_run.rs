@@ -5,6 +5,7 @@
 
 use super::schedule::JobPolicy;
 use super::units::UnitBook;
+use super::unseen::UnseenOutputs;
 use super::{JobOptions, JobOutcome};
 use crate::plan::{Plan, Unit};
 use crate::playlists::{Availability, Packager};
@@ -34,6 +35,8 @@ pub struct JobRun {
     /// The master playlist plays (set once, by this pod's packager).
     pub(super) plays: AtomicBool,
     book: Mutex<UnitBook>,
+    /// Units done elsewhere that this pod cannot see on storage yet.
+    pub(super) unseen: UnseenOutputs,
     pub(super) outcome: watch::Sender<Option<JobOutcome>>,
 }
 
@@ -58,6 +61,7 @@ impl JobRun {
             publishing: tokio::sync::Mutex::new(()),
             plays: AtomicBool::new(false),
             book: Mutex::new(book),
+            unseen: UnseenOutputs::default(),
             outcome,
         }
     }

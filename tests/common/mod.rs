@@ -20,6 +20,11 @@
 //!   ([`cluster::Cluster`]) and an `ffmpeg` wrapper that holds encodes.
 //! - [`mounts`]: a small tmpfs and a read-only bind mount for storage
 //!   faults ([`mounts::Mount`], unmounted on drop).
+//! - [`nfs`]: a network file system with per-client caches, one sshfs
+//!   mount per pod of a folder served by a throwaway sshd
+//!   ([`nfs::NetworkShare`], unmounted on drop).
+//! - [`relay`]: a TCP relay between a pod and Redis that can be cut
+//!   ([`relay::RedisRelay`]): one pod alone while the others keep Redis.
 //! - [`integrity`]: a thread that checks every file of a job folder is
 //!   whole while the folder is written ([`integrity::FolderWatch`]).
 //! - [`stats`]: latency percentiles for `FIGURE:` lines
@@ -36,9 +41,11 @@ pub mod hls;
 pub mod integrity;
 pub mod media;
 pub mod mounts;
+pub mod nfs;
 pub mod pod;
 pub mod process;
 pub mod redis;
+pub mod relay;
 pub mod stats;
 pub mod webhook;
 
