@@ -84,13 +84,20 @@ impl EventLog {
     /// event whose value is not above the last one delivered (pods report
     /// steps concurrently; one that was overtaken on its way adds nothing,
     /// and a stream's progress never goes back).
-    pub(super) fn deliver(&self, event: JobEvent) -> bool {
-        self.last_seq.fetch_max(event.seq, Ordering::Relaxed);
+    pub(super) fn deliver(&self, mut event: JobEvent) -> bool {
         {
             let mut state = lock(&self.state);
             if state.ended {
                 return false;
             }
+            // The end comes last in every stream: one that arrives after
+            // events with higher ids (this pod's own, made while it was cut
+            // off from Redis) takes the next id here.
+            let highest = state.history.last().map_or(0, |e| e.seq);
+            if event.event.is_terminal() && event.seq <= highest {
+                event.seq = highest + 1;
+            }
+            self.last_seq.fetch_max(event.seq, Ordering::Relaxed);
             if event.event == JobEventKind::Progress {
                 if event.job.progress <= state.delivered_progress {
                     return false;
@@ -240,6 +247,16 @@ pub(super) mod tests {
             .map(|e| e.seq)
             .collect();
         assert_eq!(delivered, [5, 9000]);
+    }
+
+    #[test]
+    fn a_late_end_with_a_lower_id_still_comes_last() {
+        let log = EventLog::new();
+        assert!(log.deliver(event(9000, JobEventKind::Progress, 40.0)));
+        assert!(log.deliver(event(7000, JobEventKind::Done, 100.0)));
+        assert_eq!(seqs(&log), [9000, 9001]);
+        assert_eq!(log.last_seq(), 9001);
+        assert!(log.ended());
     }
 
     #[test]

@@ -264,11 +264,13 @@ impl JobManager {
             });
             moved
         };
-        if !moved {
+        if !moved && decision == Decision::Unknown {
             // Another pod's end event arrived meanwhile: it was the end.
             lock(&entry.ending).abandon();
             return;
         }
+        // Won: the registry records this pod's end, which the other pods
+        // hear from this pod's event, whatever arrived here meanwhile.
         lock(&entry.ending).decided(decision);
         entry.started.notify_waiters();
         self.emit(entry, status.into()).await;

@@ -277,10 +277,6 @@ impl JobManager {
             .unwrap_or(false)
     }
 
-    pub fn knows(&self, id: JobId) -> bool {
-        self.entry(id).is_some()
-    }
-
     pub fn job_dir(&self, id: JobId) -> PathBuf {
         self.storage.job(id).dir().to_path_buf()
     }

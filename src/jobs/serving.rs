@@ -126,7 +126,7 @@ impl JobManager {
     }
 
     /// Waits until `file` is visible here (looked up past the cache every
-    /// [`LOOK_AGAIN`]); a job that failed or was canceled will not make it.
+    /// [`LOOK_AGAIN`]), while the job may still make it.
     async fn wait_visible(
         &self,
         entry: &JobEntry,
@@ -138,8 +138,14 @@ impl JobManager {
             if revalidate(&file) {
                 return Ok(file);
             }
+            // A job that failed or was canceled will not make it, nor will
+            // a partial one (the file of a failed rendition); a fresh
+            // lookup above found nothing.
             let status = entry.record().status;
-            if matches!(status, JobStatus::Failed | JobStatus::Canceled) {
+            if matches!(
+                status,
+                JobStatus::Failed | JobStatus::Canceled | JobStatus::Partial
+            ) {
                 return Err(FileError::NoSuchFile);
             }
             if Instant::now() + LOOK_AGAIN > deadline {

@@ -48,7 +48,12 @@ impl JobRun {
         sequence: u64,
         cancel: CancellationToken,
     ) -> JobRun {
-        let book = UnitBook::new(&plan, |unit| layout.is_done(unit), Instant::now());
+        // From folder listings: one per rendition, and no lookup of a name
+        // that may not exist yet (a network file system would keep that
+        // "no such file" for a while, hiding the file once another pod
+        // publishes it).
+        let published = layout.published_units(&plan);
+        let book = UnitBook::new(&plan, |unit| published.contains(unit), Instant::now());
         let (outcome, _) = watch::channel(None);
         JobRun {
             packager: Packager::new(plan.clone(), layout.clone(), options.listing),
