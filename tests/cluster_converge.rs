@@ -49,7 +49,11 @@ fn probe_wrapper(dir: &Path, delay: Duration) -> std::path::PathBuf {
 
 /// `GET url`: (status, Retry-After header, body).
 async fn get(client: &reqwest::Client, url: String) -> (u16, Option<String>, String) {
-    let resp = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = resp.status().as_u16();
     let retry = resp
         .headers()
@@ -91,7 +95,11 @@ async fn playlists_asked_for_before_the_plan_wait_for_it_on_every_pod() {
         for path in ["master.m3u8", "240p/index.m3u8"] {
             let pod = cluster.pod(name);
             let (client, url) = (pod.client().clone(), pod.url(&format!("/hls/{id}/{path}")));
-            asks.push((name, path, tokio::spawn(async move { get(&client, url).await })));
+            asks.push((
+                name,
+                path,
+                tokio::spawn(async move { get(&client, url).await }),
+            ));
         }
     }
     for (name, path, ask) in asks {
@@ -113,8 +121,11 @@ async fn playlists_asked_for_before_the_plan_wait_for_it_on_every_pod() {
     for name in ["pod-a", "pod-b"] {
         let pod = cluster.pod(name);
         let asked = Instant::now();
-        let (status, retry, body) =
-            get(pod.client(), pod.url(&format!("/hls/{stuck_id}/master.m3u8"))).await;
+        let (status, retry, body) = get(
+            pod.client(),
+            pod.url(&format!("/hls/{stuck_id}/master.m3u8")),
+        )
+        .await;
         let waited = asked.elapsed();
         println!("{name}, plan never made: {status} after {waited:?}, Retry-After {retry:?}");
         assert_eq!(status, 503, "{name}: {body}");
@@ -132,7 +143,9 @@ async fn playlists_asked_for_before_the_plan_wait_for_it_on_every_pod() {
     }
     let (status, _, _) = get(
         cluster.pod("pod-b").client(),
-        cluster.pod("pod-b").url(&format!("/hls/{}/master.m3u8", uuid_like())),
+        cluster
+            .pod("pod-b")
+            .url(&format!("/hls/{}/master.m3u8", uuid_like())),
     )
     .await;
     assert_eq!(status, 404, "an unknown job");
@@ -156,7 +169,11 @@ async fn a_pod_cut_off_from_redis_converges_and_the_job_ends_once() {
     let mut cluster = Cluster::new(dir.path())
         .env("SEGSWARM_SLOTS", "1")
         .env("SEGSWARM_CLAIM_TTL_MS", "2000");
-    let relay = RedisRelay::start(format!("127.0.0.1:{}", cluster.redis.port()).parse().unwrap());
+    let relay = RedisRelay::start(
+        format!("127.0.0.1:{}", cluster.redis.port())
+            .parse()
+            .unwrap(),
+    );
     cluster.start("pod-b").await;
     cluster.start("pod-c").await;
     let builder = cluster
@@ -175,7 +192,10 @@ async fn a_pod_cut_off_from_redis_converges_and_the_job_ends_once() {
         .await;
     let id = job_id(&job);
     assert!(
-        wait_for(Duration::from_secs(60), || !wrapper_a.matching("seg_").is_empty()).await,
+        wait_for(Duration::from_secs(60), || !wrapper_a
+            .matching("seg_")
+            .is_empty())
+        .await,
         "pod-a never started an encode\n{}",
         cluster.logs()
     );
@@ -232,9 +252,14 @@ async fn a_pod_cut_off_from_redis_converges_and_the_job_ends_once() {
 
     // Back: pod-a settles with the registry which pod ended the job.
     relay.restore();
-    cluster.wait_mode("distributed", Duration::from_secs(30)).await;
+    cluster
+        .wait_mode("distributed", Duration::from_secs(30))
+        .await;
     assert!(
-        wait_for(Duration::from_secs(15), || pod_a.log_text().contains("Redis answers again")).await,
+        wait_for(Duration::from_secs(15), || pod_a
+            .log_text()
+            .contains("Redis answers again"))
+        .await,
         "pod-a not back\n{}",
         pod_a.log_text()
     );
@@ -243,13 +268,20 @@ async fn a_pod_cut_off_from_redis_converges_and_the_job_ends_once() {
     let delivered = webhook::events(&hooks);
     println!("webhooks: {delivered:?}");
     assert_eq!(
-        delivered.iter().filter(|e| terminal.contains(&e.as_str())).count(),
+        delivered
+            .iter()
+            .filter(|e| terminal.contains(&e.as_str()))
+            .count(),
         1,
         "one terminal webhook for the job: {delivered:?}"
     );
     assert!(delivered.iter().any(|e| e == "done"), "{delivered:?}");
     // A new stream on pod-a replays one end too.
-    let replay = pod_a.events(&id).await.collect(Duration::from_secs(10)).await;
+    let replay = pod_a
+        .events(&id)
+        .await
+        .collect(Duration::from_secs(10))
+        .await;
     let names: Vec<&str> = replay.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(
         names.iter().filter(|n| terminal.contains(n)).count(),

@@ -23,7 +23,9 @@ use common::cluster::{
     Encode,
 };
 use common::nfs::{require_network_share, NetworkShare};
-use common::{gen_clip, seg_files, validate_hls, wait_for, ClipSpec, Cluster, FfmpegWrapper, TestDir};
+use common::{
+    gen_clip, seg_files, validate_hls, wait_for, ClipSpec, Cluster, FfmpegWrapper, TestDir,
+};
 
 const JOB_LIMIT: Duration = Duration::from_secs(240);
 
@@ -61,7 +63,10 @@ fn encodes_by_unit(encodes: &[Encode]) -> BTreeMap<String, Vec<Encode>> {
     let mut by_unit: BTreeMap<String, Vec<Encode>> = BTreeMap::new();
     for encode in encodes {
         for unit in &encode.units {
-            by_unit.entry(unit.clone()).or_default().push(encode.clone());
+            by_unit
+                .entry(unit.clone())
+                .or_default()
+                .push(encode.clone());
         }
     }
     by_unit
@@ -90,7 +95,12 @@ fn published_files(job_dir: &Path) -> Vec<String> {
             std::fs::read_dir(&path)
                 .unwrap()
                 .flatten()
-                .map(|t| (format!("audio/{}", t.file_name().to_string_lossy()), t.path()))
+                .map(|t| {
+                    (
+                        format!("audio/{}", t.file_name().to_string_lossy()),
+                        t.path(),
+                    )
+                })
                 .collect()
         } else {
             vec![(name.clone(), path.clone())]
@@ -117,7 +127,12 @@ async fn assert_every_pod_serves_everything(cluster: &Cluster, id: &str) {
             let resp = pod.client().get(&url).send().await.expect("GET a file");
             let status = resp.status().as_u16();
             let body = resp.bytes().await.unwrap();
-            assert_eq!(status, 200, "{name} {file}: {}", String::from_utf8_lossy(&body));
+            assert_eq!(
+                status,
+                200,
+                "{name} {file}: {}",
+                String::from_utf8_lossy(&body)
+            );
             if file.ends_with(".ts") {
                 let on_server = std::fs::read(job_dir.join(file)).unwrap();
                 assert_eq!(body.as_ref(), on_server.as_slice(), "{name} {file}");
@@ -191,7 +206,10 @@ async fn killed_pod_units_are_taken_over_on_network_mounts() {
         .await;
     let id = job_id(&job);
     assert!(
-        wait_for(Duration::from_secs(60), || !wrapper_a.matching("p-seg_").is_empty()).await,
+        wait_for(Duration::from_secs(60), || !wrapper_a
+            .matching("p-seg_")
+            .is_empty())
+        .await,
         "pod-a never started a segment\n{}",
         cluster.logs()
     );
@@ -229,7 +247,10 @@ async fn killed_pod_units_are_taken_over_on_network_mounts() {
     }
     let done = done_units(&cluster, &id);
     for key in &held {
-        assert!(done.iter().any(|u| u == unit_of(key)), "{key} not done: {done:?}");
+        assert!(
+            done.iter().any(|u| u == unit_of(key)),
+            "{key} not done: {done:?}"
+        );
     }
     assert_nothing_redone(&cluster);
     assert_every_pod_serves_everything(&cluster, &id).await;
@@ -270,7 +291,11 @@ async fn on_demand_requests_on_network_mounts_are_never_404() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status().as_u16(), 200, "master.m3u8 on pod-c right after the POST");
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "master.m3u8 on pod-c right after the POST"
+    );
     let planned = wait_planned(cluster.pod("pod-a"), &id).await;
     let segments = planned["renditions"][0]["total"].as_u64().unwrap() as usize;
     // pod-b and pod-c ask for every segment of both renditions, both at
@@ -297,7 +322,12 @@ async fn on_demand_requests_on_network_mounts_are_never_404() {
     let job_dir = cluster.job_dir(&id);
     for (name, file, ask) in asks {
         let (status, body) = ask.await.unwrap();
-        assert_eq!(status, 200, "{name} {file}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            200,
+            "{name} {file}: {}",
+            String::from_utf8_lossy(&body)
+        );
         let on_server = std::fs::read(job_dir.join(&file)).unwrap();
         assert_eq!(body.as_ref(), on_server.as_slice(), "{name} {file}");
     }

@@ -146,9 +146,11 @@ fn file_error(path: &str, err: FileError) -> ApiError {
             "shutting_down",
             "the pod is shutting down; try another pod",
         ),
-        RequestError::Failed { .. } => {
-            ApiError::new(StatusCode::BAD_GATEWAY, "encode_failed", request.to_string())
-        }
+        RequestError::Failed { .. } => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "encode_failed",
+            request.to_string(),
+        ),
     }
 }
 

@@ -94,7 +94,11 @@ impl JobManager {
 
     /// Waits until the job runs here (planned and handed to the worker) or
     /// has ended; returns its plan.
-    async fn wait_started(&self, entry: &JobEntry, deadline: Instant) -> Result<Arc<Plan>, FileError> {
+    async fn wait_started(
+        &self,
+        entry: &JobEntry,
+        deadline: Instant,
+    ) -> Result<Arc<Plan>, FileError> {
         let id = entry.record().id;
         loop {
             let started = entry.started.notified();
@@ -158,8 +162,5 @@ impl JobManager {
 
 /// True when every output of the job exists somewhere (done or partial).
 fn is_complete(entry: &JobEntry) -> bool {
-    matches!(
-        entry.record().status,
-        JobStatus::Done | JobStatus::Partial
-    )
+    matches!(entry.record().status, JobStatus::Done | JobStatus::Partial)
 }

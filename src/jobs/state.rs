@@ -126,7 +126,10 @@ mod tests {
     fn an_end_is_decided_once_and_confirmed_once() {
         let mut ending = Ending::default();
         assert!(ending.begin());
-        assert!(!ending.begin(), "a second end waits for nothing: it is refused");
+        assert!(
+            !ending.begin(),
+            "a second end waits for nothing: it is refused"
+        );
         ending.decided(Decision::Unknown);
         assert_eq!(ending, Ending::Unconfirmed);
         assert!(!ending.begin());

@@ -36,7 +36,11 @@ pub fn revalidate(path: &Path) -> bool {
     };
     if let Ok(entries) = std::fs::read_dir(dir) {
         let name = path.file_name();
-        if entries.flatten().any(|e| Some(e.file_name().as_os_str()) == name) && path.exists() {
+        if entries
+            .flatten()
+            .any(|e| Some(e.file_name().as_os_str()) == name)
+            && path.exists()
+        {
             return true;
         }
     }

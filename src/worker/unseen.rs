@@ -85,8 +85,7 @@ impl Shared {
                 if first {
                     tracing::info!(job = %id, unit = %unit, "done on another pod but not visible here yet: looking again (not encoding it)");
                 }
-                job.book()
-                    .retry_at(unit, Instant::now() + UNSEEN_RECHECK);
+                job.book().retry_at(unit, Instant::now() + UNSEEN_RECHECK);
             }
             Unseen::Lost(waited) => {
                 tracing::warn!(job = %id, unit = %unit, "marked done but its output is still missing after {waited:?} and fresh lookups: redoing it");

@@ -62,7 +62,9 @@ pub fn missing_parts() -> Option<String> {
 pub fn require_network_share(scratch: &Path, exported: &Path) -> Option<NetworkShare> {
     let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let attempt = match missing_parts() {
-        Some(missing) => Err(format!("missing {missing} (scripts/install-deps installs them)")),
+        Some(missing) => Err(format!(
+            "missing {missing} (scripts/install-deps installs them)"
+        )),
         None => NetworkShare::start(scratch, exported),
     };
     match attempt {
@@ -148,7 +150,10 @@ impl NetworkShare {
                 return Err(format!("sshd exited with {status}: {}", share.server_log()));
             }
             if Instant::now() > deadline {
-                return Err(format!("sshd did not listen within 10 s: {}", share.server_log()));
+                return Err(format!(
+                    "sshd did not listen within 10 s: {}",
+                    share.server_log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -177,14 +182,22 @@ impl NetworkShare {
             self.keys.display()
         );
         let t = CACHE_SECONDS;
-        let caches = format!(
-            "dcache_timeout={t},entry_timeout={t},attr_timeout={t},negative_timeout={t}"
-        );
+        let caches =
+            format!("dcache_timeout={t},entry_timeout={t},attr_timeout={t},negative_timeout={t}");
         let target = mountpoint.to_str().ok_or("mount point is not UTF-8")?;
         let port = self.port.to_string();
         run(
             "sshfs",
-            &["-p", &port, "-o", &ssh_options, "-o", &caches, &remote, target],
+            &[
+                "-p",
+                &port,
+                "-o",
+                &ssh_options,
+                "-o",
+                &caches,
+                &remote,
+                target,
+            ],
         )?;
         self.mounts.push(mountpoint.to_path_buf());
         Ok(mountpoint.to_path_buf())
