@@ -1,23 +1,25 @@
-//! A job's life on this pod: submission, start (probe and plan, or wait for
-//! the submitting pod's plan), status changes, the end with its event
-//! and webhook, cancellation, and the on-demand encode of a requested file.
+//! A job's life on this pod: submission, start (probe and plan, or take
+//! the submitting pod's plan from the registry), status changes, the end
+//! with its event and webhook, and cancellation.
 //!
 //! Every status change goes through the registry's compare-and-set first
-//! ([`JobManager::wins_transition`]), so exactly one pod announces it. It
+//! ([`JobManager::decide`]), so exactly one pod announces it; the order of
+//! statuses and the once-only end are the rules of `state.rs`. It
 //! starts work only through [`prepare`] and the worker; it never runs ffmpeg
 //! and never deletes files but through a purge the user asked for.
 
 use super::model::{JobEventKind, JobMode, JobRecord, JobStatus};
 use super::progress::percent;
 use super::request::SubmitRequest;
+use super::state::{may_move, Decision};
 use super::view::JobView;
 use super::{now_ms, JobEntry, JobError, JobManager};
-use crate::plan::{Plan, Unit};
+use crate::plan::Plan;
 use crate::playlists::Listing;
 use crate::prepare::prepare;
-use crate::storage::{JobLayout, StorageError};
+use crate::storage::StorageError;
 use crate::sync::{lock, write};
-use crate::worker::{JobOptions, JobOutcome, RequestError, WorkerError};
+use crate::worker::{JobOptions, JobOutcome, WorkerError};
 use crate::JobId;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -121,6 +123,7 @@ impl JobManager {
         match self.worker.add_job(plan, layout, options).await {
             Ok(run) => {
                 *lock(&entry.run) = Some(run.clone());
+                entry.started.notify_waiters();
                 // The worker may have finished it at once (everything was
                 // on storage already).
                 if let Some(outcome) = run.outcome() {
@@ -206,24 +209,31 @@ impl JobManager {
     /// event.
     async fn set_status(&self, entry: &JobEntry, status: JobStatus) {
         let mut next = entry.record();
-        if next.status.is_terminal() || next.status == status {
+        if !may_move(next.status, status) {
             return;
         }
         next.status = status;
         next.updated_at_ms = now_ms();
-        if !self.wins_transition(&next).await {
+        if self.decide(&next).await == Decision::Lost {
             return; // another pod announced it; its event updates us
         }
-        self.update(entry, |r| r.status = status);
+        self.update(entry, |r| {
+            r.advance(status);
+        });
         self.emit(entry, status.into()).await;
     }
 
-    /// Moves a job to a terminal status, once cluster-wide, with its event
-    /// and webhook.
-    async fn end(&self, entry: &JobEntry, status: JobStatus, error: Option<String>) {
+    /// Moves a job to a terminal status with its event and webhook, once:
+    /// once on this pod (its [`Ending`](super::state::Ending)), and once
+    /// cluster-wide (the registry's compare-and-set picks the pod that
+    /// announces it). While the registry cannot be asked, the end is this
+    /// pod's own: its streams get the end event now, and the webhook waits
+    /// until the registry says which pod ended the job
+    /// ([`JobManager::confirm_ends`]).
+    pub(super) async fn end(&self, entry: &JobEntry, status: JobStatus, error: Option<String>) {
         let progress = lock(&entry.run).as_ref().map(|run| percent(run.progress()));
         let mut next = entry.record();
-        if next.status.is_terminal() {
+        if next.status.is_terminal() || !lock(&entry.ending).begin() {
             return;
         }
         next.status = status;
@@ -232,22 +242,45 @@ impl JobManager {
             next.progress = progress;
         }
         next.updated_at_ms = now_ms();
-        if !self.wins_transition(&next).await {
+        let decision = self.decide(&next).await;
+        if decision == Decision::Lost {
+            lock(&entry.ending).decided(decision);
             self.follow_registry_record(entry).await;
+            // The winner's end event may have gone by while this pod was
+            // not listening: the registry's history has it.
+            self.catch_up_job(entry).await;
+            entry.started.notify_waiters();
             return;
         }
-        self.update(entry, |r| {
-            r.status = status;
-            r.error = error;
-            if let Some(progress) = progress {
-                r.progress = progress;
-            }
-        });
-        self.emit(entry, status.into()).await;
-        if status != JobStatus::Canceled {
-            self.notify_webhook(entry, status.into());
+        let moved = {
+            let mut moved = false;
+            self.update(entry, |r| {
+                moved = r.advance(status);
+                if moved {
+                    r.error = error;
+                    if let Some(progress) = progress {
+                        r.progress = progress;
+                    }
+                }
+            });
+            moved
+        };
+        if !moved && decision == Decision::Unknown {
+            // Another pod's end event arrived meanwhile: it was the end.
+            lock(&entry.ending).abandon();
+            return;
         }
-        self.retire(next.id).await;
+        // Won: the registry records this pod's end, which the other pods
+        // hear from this pod's event, whatever arrived here meanwhile.
+        lock(&entry.ending).decided(decision);
+        entry.started.notify_waiters();
+        self.emit(entry, status.into()).await;
+        if decision == Decision::Won {
+            if status != JobStatus::Canceled {
+                self.notify_webhook(entry, status.into());
+            }
+            self.retire(next.id).await;
+        }
     }
 
     pub(super) async fn on_finished(&self, entry: &JobEntry, outcome: JobOutcome) {
@@ -292,28 +325,5 @@ impl JobManager {
             self.storage.job(id).remove_all()?;
         }
         Ok(view)
-    }
-
-    /// For `/hls`: makes the file at `path` (relative to the job folder)
-    /// exist if it is a planned output, encoding it now if needed.
-    pub async fn ensure_file(&self, id: JobId, path: &str) -> Result<(), RequestError> {
-        let entry = self.entry(id).ok_or(RequestError::NotRunning(id))?;
-        let plan = lock(&entry.plan)
-            .clone()
-            .ok_or(RequestError::NotRunning(id))?;
-        let unit = JobLayout::unit_for_path(&plan, path).ok_or_else(|| {
-            RequestError::NotPlanned(Unit::Video {
-                rendition: path.to_string(),
-                index: 0,
-            })
-        })?;
-        self.worker
-            .request(
-                id,
-                &unit,
-                self.settings.prefetch_segments,
-                self.settings.segment_wait,
-            )
-            .await
     }
 }

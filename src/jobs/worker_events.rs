@@ -10,6 +10,7 @@
 use super::model::{JobEventKind, JobStatus};
 use super::progress::{percent, step_to_report};
 use super::registry::ProgressStep;
+use super::state::Decision;
 use super::{now_ms, JobEntry, JobManager};
 use crate::sync::lock;
 use crate::worker::WorkerEvent;
@@ -94,16 +95,19 @@ impl JobManager {
         next.playable = true;
         next.status = JobStatus::Playable;
         next.updated_at_ms = now_ms();
-        if !self.wins_transition(&next).await {
+        let decision = self.decide(&next).await;
+        if decision == Decision::Lost {
             lock(&entry.record).playable = true;
             return;
         }
         self.update(entry, |r| {
             r.playable = true;
-            r.status = JobStatus::Playable;
+            r.advance(JobStatus::Playable);
         });
         self.emit(entry, JobEventKind::Playable).await;
-        if !announced {
+        // Only the pod that recorded the change in the registry sends the
+        // webhook: while Redis is away another pod may make the same change.
+        if !announced && decision == Decision::Won {
             self.notify_webhook(entry, JobEventKind::Playable);
         }
     }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 const PLAN_FILE: &str = "job.json";
 const STATUS_FILE: &str = "status.json";
 const MASTER_PLAYLIST: &str = "master.m3u8";
-const THUMBNAIL: &str = "thumbnail.webp";
+pub(super) const THUMBNAIL: &str = "thumbnail.webp";
 /// Every media playlist's name, in its rendition's or track's folder.
 const MEDIA_PLAYLIST: &str = "index.m3u8";
 const AUDIO_DIR: &str = "audio";
@@ -182,6 +182,20 @@ impl JobLayout {
             _ => return None,
         };
         plan.contains(&unit).then_some(unit)
+    }
+
+    /// True when `path` (relative to the job folder) names one of the
+    /// job's playlists: the master, a rendition's or an audio track's.
+    pub fn is_playlist_path(plan: &Plan, path: &str) -> bool {
+        let parts: Vec<&str> = path.split('/').collect();
+        match parts.as_slice() {
+            [MASTER_PLAYLIST] => true,
+            [AUDIO_DIR, track, MEDIA_PLAYLIST] => {
+                plan.audio.iter().any(|a| a.track.to_string() == *track)
+            }
+            [rendition, MEDIA_PLAYLIST] => plan.rendition(rendition).is_some(),
+            _ => false,
+        }
     }
 
     /// Creates the job folder, `.tmp/` and every output folder of `plan`.

@@ -12,12 +12,16 @@
 //! job, and the sweep of abandoned `.tmp/` leftovers, remove files. It
 //! knows nothing of what a playlist says beyond reading one back
 //! ([`read_playlist`]).
+//! Lookups that must see past a network file system's cached "no such
+//! file" go through [`revalidate`] (`lookup.rs`).
 
 mod layout;
+mod lookup;
 mod plan_file;
 mod publish;
 
 pub use layout::{AudioWorkDir, JobLayout};
+pub use lookup::revalidate;
 pub use plan_file::{read_plan, write_plan, PlanFileError};
 pub use publish::{publish, read_playlist, PlaylistError, Published};
 

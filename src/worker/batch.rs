@@ -3,7 +3,8 @@
 //! giving it back, or counting a failed attempt.
 //!
 //! Storage is checked before claiming (a unit whose output exists is done
-//! without a claim). A run stopped on purpose (lease lost, job canceled,
+//! without a claim); a unit the coordinator says is done but that storage
+//! does not show goes to `unseen.rs`. A run stopped on purpose (lease lost, job canceled,
 //! shutdown) is released at once without counting an attempt.
 
 use super::job_run::JobRun;
@@ -70,15 +71,9 @@ impl Shared {
                     job.book().retry_at(unit, recheck);
                 }
                 ClaimOutcome::Done if job.layout.is_done(unit) => self.unit_done(job, unit).await,
-                ClaimOutcome::Done => {
-                    // Marked done but its file is missing: storage wins,
-                    // the unit is made again.
-                    tracing::warn!(job = %id, unit = %unit, "marked done but its output is missing: redoing it");
-                    if let Err(err) = self.coord.unmark_done(id, unit).await {
-                        tracing::warn!(job = %id, unit = %unit, "unmarking: {err}");
-                    }
-                    job.book().retry_at(unit, Instant::now());
-                }
+                // Done on another pod, not visible here (yet): never
+                // encoded again while it may just be this pod's cache.
+                ClaimOutcome::Done => self.done_elsewhere(job, unit).await,
             }
         }
         (!leases.is_empty()).then(|| Claimed {

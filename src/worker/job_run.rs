@@ -5,6 +5,7 @@
 
 use super::schedule::JobPolicy;
 use super::units::UnitBook;
+use super::unseen::UnseenOutputs;
 use super::{JobOptions, JobOutcome};
 use crate::plan::{Plan, Unit};
 use crate::playlists::{Availability, Packager};
@@ -34,6 +35,8 @@ pub struct JobRun {
     /// The master playlist plays (set once, by this pod's packager).
     pub(super) plays: AtomicBool,
     book: Mutex<UnitBook>,
+    /// Units done elsewhere that this pod cannot see on storage yet.
+    pub(super) unseen: UnseenOutputs,
     pub(super) outcome: watch::Sender<Option<JobOutcome>>,
 }
 
@@ -45,7 +48,12 @@ impl JobRun {
         sequence: u64,
         cancel: CancellationToken,
     ) -> JobRun {
-        let book = UnitBook::new(&plan, |unit| layout.is_done(unit), Instant::now());
+        // From folder listings: one per rendition, and no lookup of a name
+        // that may not exist yet (a network file system would keep that
+        // "no such file" for a while, hiding the file once another pod
+        // publishes it).
+        let published = layout.published_units(&plan);
+        let book = UnitBook::new(&plan, |unit| published.contains(unit), Instant::now());
         let (outcome, _) = watch::channel(None);
         JobRun {
             packager: Packager::new(plan.clone(), layout.clone(), options.listing),
@@ -58,6 +66,7 @@ impl JobRun {
             publishing: tokio::sync::Mutex::new(()),
             plays: AtomicBool::new(false),
             book: Mutex::new(book),
+            unseen: UnseenOutputs::default(),
             outcome,
         }
     }

@@ -9,7 +9,8 @@
 //! - [`publish`]: outputs into place, the audio track while it is encoded;
 //!   [`outcome`]: done, failed, retried, playlists, the job's end;
 //! - [`health`]: the failure circuit; [`request`]: on-demand units;
-//!   [`notices`]: what other pods finished or gave back.
+//!   [`notices`]: what other pods finished or gave back; [`unseen`]: units
+//!   done elsewhere that this pod's storage does not show yet.
 //!
 //! It never parses requests or prints anything for a user.
 
@@ -29,6 +30,7 @@ mod request;
 mod schedule;
 mod slots;
 mod units;
+mod unseen;
 
 pub use encoder::{Encoder, Ffmpeg};
 pub use failure::{FailureKind, UnitFailure};

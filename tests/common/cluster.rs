@@ -72,7 +72,13 @@ impl Cluster {
     /// A builder for a member named `name`: shared Redis, storage and source
     /// roots, the cluster's environment, `SEGSWARM_WORKER_ID=name`.
     pub fn builder(&self, name: &str) -> PodBuilder {
-        let mut builder = Pod::builder(&self.storage)
+        self.builder_on(name, &self.storage)
+    }
+
+    /// [`Cluster::builder`] for a member that stores into `storage`
+    /// instead of the shared folder (its own mount of it, for example).
+    pub fn builder_on(&self, name: &str, storage: &Path) -> PodBuilder {
+        let mut builder = Pod::builder(storage)
             .env("REDIS_URL", self.redis.url())
             .env("SEGSWARM_SOURCE_ROOTS", self.root.to_str().unwrap())
             .env("SEGSWARM_WORKER_ID", name);

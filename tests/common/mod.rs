@@ -22,6 +22,11 @@
 //!   black hole, like a DROP rule) and restores it ([`proxy::CutProxy`]).
 //! - [`mounts`]: a small tmpfs and a read-only bind mount for storage
 //!   faults ([`mounts::Mount`], unmounted on drop).
+//! - [`nfs`]: a network file system with per-client caches, one sshfs
+//!   mount per pod of a folder served by a throwaway sshd
+//!   ([`nfs::NetworkShare`], unmounted on drop).
+//! - [`relay`]: a TCP relay between a pod and Redis that can be cut
+//!   ([`relay::RedisRelay`]): one pod alone while the others keep Redis.
 //! - [`integrity`]: a thread that checks every file of a job folder is
 //!   whole while the folder is written ([`integrity::FolderWatch`]).
 //! - [`stats`]: latency percentiles for `FIGURE:` lines
@@ -38,10 +43,12 @@ pub mod hls;
 pub mod integrity;
 pub mod media;
 pub mod mounts;
+pub mod nfs;
 pub mod pod;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod relay;
 pub mod stats;
 pub mod webhook;
 
