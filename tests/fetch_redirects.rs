@@ -42,7 +42,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -257,6 +257,7 @@ async fn redirects_to_internal_hosts_are_refused_and_never_contacted() {
             ],
         ),
     ];
+    let submitted = Instant::now();
     let mut jobs = Vec::new();
     for (path, _) in &cases {
         let url = format!("http://{}{path}", net.origin_ip());
@@ -276,6 +277,11 @@ async fn redirects_to_internal_hosts_are_refused_and_never_contacted() {
             assert!(error.contains(fragment), "{url}: {fragment:?} in {error:?}");
         }
     }
+    eprintln!(
+        "FIGURE: fetch refusals: {} jobs submitted at once, all failed within {:.2} s",
+        cases.len(),
+        submitted.elapsed().as_secs_f64()
+    );
 
     // Submitted directly, the same hosts are refused at once (422), the
     // pod's own address in 198.18.0.0/15 too: the test network opens only
@@ -342,9 +348,11 @@ async fn a_source_behind_allowed_redirects_streams_with_range_requests() {
     let pod = net.pod(&dir).await;
 
     let url = format!("http://{}/watch", net.origin_ip());
+    let submitted = Instant::now();
     let job = pod.submit(json!({ "source": url, "ladder": ["240p"] })).await;
     let id = job["id"].as_str().unwrap().to_string();
     let job = pod.wait_terminal(&id, JOB_LIMIT).await;
+    let took = submitted.elapsed().as_secs_f64();
     assert_eq!(job["status"], "done", "{job}");
     assert_eq!(job["source"], url.as_str(), "the job keeps the URL it was given");
     validate_hls(&pod.job_dir(&id), &clip);
@@ -384,7 +392,8 @@ async fn a_source_behind_allowed_redirects_streams_with_range_requests() {
         "the proxy logs its Range fetches:\n{log}"
     );
     eprintln!(
-        "FIGURE fetch: {} requests for /clip.mp4 ({} seeks past byte 0) for a {}-byte source",
+        "FIGURE: fetch: done in {took:.2} s; {} requests for /clip.mp4 ({} seeks past byte 0, \
+         each after 2 redirects) for a {}-byte source",
         file_requests.len(),
         seeks.len(),
         bytes.len()

@@ -23,15 +23,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Headers of the origin's answer that reach ffmpeg.
-const PASSED_HEADERS: [header::HeaderName; 5] = [
-    header::CONTENT_LENGTH,
-    header::CONTENT_RANGE,
-    header::ACCEPT_RANGES,
-    header::CONTENT_TYPE,
-    header::CONTENT_ENCODING,
-];
-
 #[derive(Clone)]
 struct ProxyState {
     routes: Arc<Routes>,
@@ -129,7 +120,14 @@ fn answer(
         return status.into_response();
     }
     let mut response = Response::builder().status(status);
-    for name in PASSED_HEADERS {
+    // The headers of the origin's answer that reach ffmpeg; no other.
+    for name in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::ACCEPT_RANGES,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+    ] {
         if let Some(value) = upstream.response.headers().get(&name) {
             response = response.header(name, value.clone());
         }
