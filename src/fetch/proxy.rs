@@ -141,3 +141,82 @@ fn answer(
         .body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{FetchError, SourceFetch};
+    use crate::egress::EgressPolicy;
+    use crate::source::Source;
+    use axum::response::Redirect;
+
+    /// An origin on loopback: `/a` redirects to `/b`, `/b` serves `bytes`
+    /// with Range support (tower-http's `ServeFile`), `/loop` to itself.
+    async fn origin(bytes: &[u8]) -> String {
+        let path = std::env::temp_dir().join(format!("segswarm-fetch-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&path, bytes).unwrap();
+        let app = axum::Router::new()
+            .route("/a", axum::routing::get(|| async { Redirect::to("/b") }))
+            .route("/loop", axum::routing::get(|| async { Redirect::to("/loop") }))
+            .route_service("/b", tower_http::services::ServeFile::new(path));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder().no_proxy().build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn follows_redirects_and_passes_ranges_through() {
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+        let origin = origin(&bytes).await;
+        // Loopback is allowed here; the refusals need a public first hop,
+        // which tests/fetch_redirects.rs makes in network namespaces.
+        let fetch = SourceFetch::new(EgressPolicy::AllowPrivate);
+        let input = fetch
+            .open(&Source::Url(format!("{origin}/a")))
+            .await
+            .unwrap();
+        let answer = client()
+            .get(input.ffmpeg_input())
+            .header("range", "bytes=1000-1999")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 206);
+        let header = |name: &str| {
+            answer
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        assert_eq!(header("content-range").as_deref(), Some("bytes 1000-1999/5000"));
+        assert_eq!(header("content-length").as_deref(), Some("1000"));
+        assert_eq!(header("location"), None);
+        assert_eq!(answer.bytes().await.unwrap(), &bytes[1000..2000]);
+        let whole = client().get(input.ffmpeg_input()).send().await.unwrap();
+        assert_eq!(whole.status().as_u16(), 200);
+        assert_eq!(whole.bytes().await.unwrap(), &bytes[..]);
+        assert!(input.failure().is_none());
+
+        let looping = fetch
+            .open(&Source::Url(format!("{origin}/loop")))
+            .await
+            .unwrap();
+        let answer = client().get(looping.ffmpeg_input()).send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 502);
+        assert!(matches!(
+            looping.failure(),
+            Some(FetchError::TooManyRedirects { .. })
+        ));
+
+        // A closed path, or one never opened, is not found.
+        let closed = looping.ffmpeg_input().to_string();
+        drop(looping);
+        let answer = client().get(&closed).send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 404);
+    }
+}
