@@ -59,9 +59,7 @@ impl EgressPolicy {
         match self {
             EgressPolicy::AllowPrivate => None,
             EgressPolicy::PublicAndTestNetwork(network) if network.contains(ip) => None,
-            EgressPolicy::PublicAndTestNetwork(_) | EgressPolicy::PublicOnly => {
-                non_public_kind(ip)
-            }
+            EgressPolicy::PublicAndTestNetwork(_) | EgressPolicy::PublicOnly => non_public_kind(ip),
         }
     }
 }

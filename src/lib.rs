@@ -69,8 +69,8 @@ pub mod coordination {
 /// The encoding pipeline's pieces, for tests and benchmarks that drive or
 /// time one step.
 pub mod pipeline {
-    pub use crate::encode::mpegts::{self, TsError, TsSegment};
     pub use crate::egress::EgressPolicy;
+    pub use crate::encode::mpegts::{self, TsError, TsSegment};
     pub use crate::encode::{Batch, EncodeError, Verified, VideoOutput};
     pub use crate::fetch::{FetchError, SourceFetch, SourceInput};
     pub use crate::ffmpeg::{RunControl, RunError};

@@ -262,7 +262,9 @@ async fn redirects_to_internal_hosts_are_refused_and_never_contacted() {
     for (path, _) in &cases {
         let url = format!("http://{}{path}", net.origin_ip());
         // The first hop is on the test network: accepted at submission.
-        let job = pod.submit(json!({ "source": url, "ladder": ["240p"] })).await;
+        let job = pod
+            .submit(json!({ "source": url, "ladder": ["240p"] }))
+            .await;
         jobs.push((url, job["id"].as_str().unwrap().to_string()));
     }
     for ((url, id), (_, says)) in jobs.iter().zip(&cases) {
@@ -349,12 +351,18 @@ async fn a_source_behind_allowed_redirects_streams_with_range_requests() {
 
     let url = format!("http://{}/watch", net.origin_ip());
     let submitted = Instant::now();
-    let job = pod.submit(json!({ "source": url, "ladder": ["240p"] })).await;
+    let job = pod
+        .submit(json!({ "source": url, "ladder": ["240p"] }))
+        .await;
     let id = job["id"].as_str().unwrap().to_string();
     let job = pod.wait_terminal(&id, JOB_LIMIT).await;
     let took = submitted.elapsed().as_secs_f64();
     assert_eq!(job["status"], "done", "{job}");
-    assert_eq!(job["source"], url.as_str(), "the job keeps the URL it was given");
+    assert_eq!(
+        job["source"],
+        url.as_str(),
+        "the job keeps the URL it was given"
+    );
     validate_hls(&pod.job_dir(&id), &clip);
 
     let requests = origin.requests();

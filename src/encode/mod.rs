@@ -32,12 +32,13 @@ pub enum EncodeError {
         path: PathBuf,
         reason: String,
     },
-    /// The pod's proxy could not fetch the source for this encode.
+    /// The pod's proxy could not fetch the source for this encode (boxed:
+    /// it is the largest variant by far).
     #[error("encoding {what}: source {source_name}: {error}")]
     Fetch {
         what: String,
         source_name: String,
-        error: FetchError,
+        error: Box<FetchError>,
     },
 }
 
@@ -126,7 +127,7 @@ impl Batch {
                 return Err(EncodeError::Fetch {
                     what,
                     source_name: plan.source.to_string(),
-                    error,
+                    error: Box::new(error),
                 });
             }
             (Err(error), None) => return Err(EncodeError::Run { what, error }),

@@ -156,7 +156,10 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let app = axum::Router::new()
             .route("/a", axum::routing::get(|| async { Redirect::to("/b") }))
-            .route("/loop", axum::routing::get(|| async { Redirect::to("/loop") }))
+            .route(
+                "/loop",
+                axum::routing::get(|| async { Redirect::to("/loop") }),
+            )
             .route_service("/b", tower_http::services::ServeFile::new(path));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -193,7 +196,10 @@ mod tests {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        assert_eq!(header("content-range").as_deref(), Some("bytes 1000-1999/5000"));
+        assert_eq!(
+            header("content-range").as_deref(),
+            Some("bytes 1000-1999/5000")
+        );
         assert_eq!(header("content-length").as_deref(), Some("1000"));
         assert_eq!(header("location"), None);
         assert_eq!(answer.bytes().await.unwrap(), &bytes[1000..2000]);

@@ -75,12 +75,11 @@ pub(super) async fn follow(
                 url: url.to_string(),
                 status: status.as_u16(),
             })?;
-        url = egress::parse_http_url(next.as_str()).map_err(|error| {
-            FetchError::RedirectRefused {
+        url =
+            egress::parse_http_url(next.as_str()).map_err(|error| FetchError::RedirectRefused {
                 to: next.to_string(),
                 error,
-            }
-        })?;
+            })?;
         tracing::debug!(from = %start, to = %url, "source redirect");
     }
     Err(FetchError::TooManyRedirects {
@@ -146,12 +145,12 @@ struct Pinned {
 
 impl reqwest::dns::Resolve for Pinned {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let answer: Result<reqwest::dns::Addrs, _> = if name.as_str().eq_ignore_ascii_case(&self.host)
-        {
-            Ok(Box::new(self.addrs.clone().into_iter()))
-        } else {
-            Err(format!("{} is not the checked host {}", name.as_str(), self.host).into())
-        };
+        let answer: Result<reqwest::dns::Addrs, _> =
+            if name.as_str().eq_ignore_ascii_case(&self.host) {
+                Ok(Box::new(self.addrs.clone().into_iter()))
+            } else {
+                Err(format!("{} is not the checked host {}", name.as_str(), self.host).into())
+            };
         Box::pin(std::future::ready(answer))
     }
 }

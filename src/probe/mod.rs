@@ -145,10 +145,13 @@ pub struct SourceInfo {
 /// timestamp of the video stream.
 pub async fn probe(source: &Source, fetch: &SourceFetch) -> Result<SourceInfo, ProbeError> {
     let source_name = source.to_string();
-    let input = fetch.open(source).await.map_err(|error| ProbeError::Fetch {
-        source_name: source_name.clone(),
-        error,
-    })?;
+    let input = fetch
+        .open(source)
+        .await
+        .map_err(|error| ProbeError::Fetch {
+            source_name: source_name.clone(),
+            error,
+        })?;
     let run_error = |error: RunError| match (input.failure(), error) {
         // The proxy knows why better than ffprobe ("403 Forbidden").
         (Some(error), _) => ProbeError::Fetch {
@@ -172,7 +175,11 @@ pub async fn probe(source: &Source, fetch: &SourceFetch) -> Result<SourceInfo, P
         },
     };
     let streams_json = run_ffprobe(
-        probe_args(&input, source, &["-show_format", "-show_streams", "-of", "json"]),
+        probe_args(
+            &input,
+            source,
+            &["-show_format", "-show_streams", "-of", "json"],
+        ),
         PROBE_TIMEOUT,
     )
     .await

@@ -57,7 +57,7 @@ impl Encoder for Ffmpeg {
             .map_err(|error| EncodeError::Fetch {
                 what: batch.describe(),
                 source_name: plan.source.to_string(),
-                error,
+                error: Box::new(error),
             })?;
         batch.run(plan, &input, control).await
     }

@@ -96,10 +96,7 @@ impl Netns {
             // SAFETY: setns(2) on a namespace file we hold open; it changes
             // the namespace of this thread only, which ends right after.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(format!(
-                    "setns {path}: {}",
-                    std::io::Error::last_os_error()
-                ));
+                return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
             }
             TcpListener::bind(addr).map_err(|e| format!("bind {addr} in {path}: {e}"))
         })
