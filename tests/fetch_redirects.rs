@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::netns::{self, veth, Netns};
+use common::netns::{self, veth, Netns, Veth};
 use common::origin::{Answer, Origin, Tripwire};
 use common::pod::PodNetns;
 use common::{gen_clip, validate_hls, ClipSpec, Pod, TestDir};
@@ -62,8 +62,9 @@ const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// The namespaces, links and names of one test. `base` is the first
 /// address of its 8 in 198.18.161.0/24, so two tests can run at once.
 struct Network {
-    // Dropped after the pod (declared later in each test), deleting the
-    // namespaces and their veth pairs.
+    // Dropped after the pod (declared later in each test): the links, then
+    // the namespaces.
+    _links: [Veth; 2],
     pod_ns: Netns,
     origin_ns: Netns,
     base: u8,
@@ -75,7 +76,7 @@ impl Network {
         let pod_ns = Netns::new(&format!("ssw-{tag}-pod"))?;
         let origin_ns = Netns::new(&format!("ssw-{tag}-origin"))?;
         let address = |offset: u8| format!("198.18.161.{}/30", base + offset);
-        veth(
+        let to_pod = veth(
             None,
             &format!("ssw{tag}h"),
             &address(1),
@@ -83,7 +84,7 @@ impl Network {
             &format!("ssw{tag}p"),
             &address(2),
         )?;
-        veth(
+        let to_origin = veth(
             Some(&pod_ns),
             &format!("ssw{tag}q"),
             &address(5),
@@ -94,6 +95,7 @@ impl Network {
         pod_ns.add_local_address(&format!("{PRIVATE_IP}/32"))?;
         pod_ns.add_local_address(&format!("{METADATA_IP}/32"))?;
         let network = Network {
+            _links: [to_pod, to_origin],
             pod_ns,
             origin_ns,
             base,
@@ -278,6 +280,7 @@ async fn redirects_to_internal_hosts_are_refused_and_never_contacted() {
         for fragment in *says {
             assert!(error.contains(fragment), "{url}: {fragment:?} in {error:?}");
         }
+        eprintln!("FIGURE: fetch refused: {error}");
     }
     eprintln!(
         "FIGURE: fetch refusals: {} jobs submitted at once, all failed within {:.2} s",

@@ -5,7 +5,9 @@
 //! - [`Netns`]: one namespace (`ip netns add`, loopback up), deleted on
 //!   drop, which also deletes the veth pairs with an end in it.
 //! - [`veth`]: a veth pair between a namespace and the host or another
-//!   namespace, with an address on each end.
+//!   namespace, with an address on each end; deleted when its [`Veth`] is
+//!   dropped (deleting a namespace does not always take a host end with
+//!   it at once: seen in this project's gVisor VM).
 //! - [`Netns::bind`]: a listening socket inside a namespace, bound by a
 //!   thread of this process that enters it (setns(2)); the socket stays in
 //!   the namespace whichever thread accepts on it, so a test serves a
@@ -114,6 +116,22 @@ impl Drop for Netns {
     }
 }
 
+/// A veth pair; deleted (both ends) on drop.
+pub struct Veth {
+    /// `ip` arguments that name the first end's namespace (none: the host).
+    namespace: Vec<String>,
+    name: String,
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let mut args: Vec<&str> = self.namespace.iter().map(String::as_str).collect();
+        args.extend(["link", "del", self.name.as_str()]);
+        // Already gone with its namespace is fine.
+        let _ = ip(&args);
+    }
+}
+
 /// A veth pair: `a_name` with `a_cidr` in `a` (`None`: on the host),
 /// `b_name` with `b_cidr` in `b`, both up. Names are at most 15 bytes.
 pub fn veth(
@@ -123,19 +141,24 @@ pub fn veth(
     b: &Netns,
     b_name: &str,
     b_cidr: &str,
-) -> Result<(), String> {
+) -> Result<Veth, String> {
     // A host end left by a killed run whose namespace survived is gone with
     // that namespace; one left without it is removed here.
     let _ = ip(&["link", "del", a_name]);
     ip(&[
         "link", "add", a_name, "type", "veth", "peer", "name", b_name,
     ])?;
+    let mut pair = Veth {
+        namespace: Vec::new(),
+        name: a_name.to_string(),
+    };
     ip(&["link", "set", b_name, "netns", b.name()])?;
     b.ip(&["addr", "add", b_cidr, "dev", b_name])?;
     b.ip(&["link", "set", b_name, "up"])?;
     match a {
         Some(a) => {
             ip(&["link", "set", a_name, "netns", a.name()])?;
+            pair.namespace = vec!["-n".to_string(), a.name().to_string()];
             a.ip(&["addr", "add", a_cidr, "dev", a_name])?;
             a.ip(&["link", "set", a_name, "up"])?;
         }
@@ -144,5 +167,5 @@ pub fn veth(
             ip(&["link", "set", a_name, "up"])?;
         }
     }
-    Ok(())
+    Ok(pair)
 }
