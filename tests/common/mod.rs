@@ -8,9 +8,9 @@
 //! - [`process`]: the binary under test, scratch directories, running
 //!   `segswarm transcode`, finding leftover ffmpeg processes, and a
 //!   process's RSS and CPU time.
-//! - [`pod`]: `segswarm serve` on a free port ([`pod::Pod`]), SSE and
-//!   metrics parsing, raw HTTP requests and an `ffmpeg` wrapper for fault
-//!   injection.
+//! - [`pod`]: `segswarm serve` on a free port ([`pod::Pod`]), or inside a
+//!   network namespace ([`pod::PodNetns`]), SSE and metrics parsing, raw
+//!   HTTP requests and an `ffmpeg` wrapper for fault injection.
 //! - [`redis`]: a real `redis-server` on a free loopback port
 //!   ([`redis::RedisServer`]), stoppable and restartable on the same port,
 //!   and `INFO` of any Redis ([`redis::info`]).
@@ -29,6 +29,11 @@
 //!   ([`relay::RedisRelay`]): one pod alone while the others keep Redis.
 //! - [`integrity`]: a thread that checks every file of a job folder is
 //!   whole while the folder is written ([`integrity::FolderWatch`]).
+//! - [`netns`]: network namespaces, veth pairs and listeners bound inside a
+//!   namespace ([`netns::Netns`]; root only, skipped elsewhere but on CI).
+//! - [`origin`]: an HTTP origin with redirects and Range requests that
+//!   records what it is asked ([`origin::Origin`]), and a listener that
+//!   counts connections ([`origin::Tripwire`]).
 //! - [`stats`]: latency percentiles for `FIGURE:` lines
 //!   ([`stats::Latencies`]) and min/median/max over repeated runs.
 //!
@@ -43,7 +48,9 @@ pub mod hls;
 pub mod integrity;
 pub mod media;
 pub mod mounts;
+pub mod netns;
 pub mod nfs;
+pub mod origin;
 pub mod pod;
 pub mod process;
 pub mod proxy;
