@@ -22,6 +22,10 @@
 //!   faults ([`mounts::Mount`], unmounted on drop).
 //! - [`integrity`]: a thread that checks every file of a job folder is
 //!   whole while the folder is written ([`integrity::FolderWatch`]).
+//! - [`netns`]: a network namespace per pod with a veth link to the host,
+//!   and iptables cuts of its path to Redis ([`netns::NetNs`]).
+//! - [`finality`]: a thread that checks a job folder's published files are
+//!   never replaced and its playlists only grow ([`finality::FinalityWatch`]).
 //! - [`stats`]: latency percentiles for `FIGURE:` lines
 //!   ([`stats::Latencies`]) and min/median/max over repeated runs.
 //!
@@ -32,10 +36,12 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod finality;
 pub mod hls;
 pub mod integrity;
 pub mod media;
 pub mod mounts;
+pub mod netns;
 pub mod pod;
 pub mod process;
 pub mod redis;

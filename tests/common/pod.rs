@@ -25,6 +25,8 @@ pub struct PodBuilder {
     token: Option<String>,
     test_defaults: bool,
     cpus: Option<String>,
+    /// Network namespace to run in and the address to listen on there.
+    netns: Option<(String, std::net::Ipv4Addr)>,
 }
 
 impl PodBuilder {
@@ -61,18 +63,37 @@ impl PodBuilder {
         self
     }
 
+    /// Runs the pod inside network namespace `name` (`ip netns exec`, which
+    /// execs the binary, so [`Pod::pid`] is still the pod's), listening on
+    /// `addr` there: see `tests/common/netns.rs`.
+    pub fn netns(mut self, name: &str, addr: std::net::Ipv4Addr) -> Self {
+        self.netns = Some((name.to_string(), addr));
+        self
+    }
+
+    /// Where the pod listens: the namespace's address, or loopback.
+    fn listen_addr(&self) -> SocketAddr {
+        let ip = match &self.netns {
+            Some((_, addr)) => std::net::IpAddr::V4(*addr),
+            None => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        };
+        SocketAddr::new(ip, free_port())
+    }
+
     /// The `segswarm serve` command with this builder's environment,
     /// listening on `addr`, its stdout and stderr going to `log`.
     fn command(&self, addr: SocketAddr, log: &Path) -> Command {
         let log_file = std::fs::File::create(log).expect("create pod log");
-        let mut cmd = match &self.cpus {
-            Some(cpus) => {
-                let mut cmd = Command::new("taskset");
-                cmd.arg("-c").arg(cpus).arg(bin());
-                cmd
-            }
-            None => Command::new(bin()),
-        };
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some((ns, _)) = &self.netns {
+            argv.extend(["ip", "netns", "exec", ns.as_str()].map(Into::into));
+        }
+        if let Some(cpus) = &self.cpus {
+            argv.extend(["taskset", "-c", cpus.as_str()].map(Into::into));
+        }
+        argv.push(bin().into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.arg("serve");
         for (key, _) in std::env::vars() {
             if key.starts_with("SEGSWARM_") || key == "REDIS_URL" {
@@ -143,9 +164,8 @@ impl PodBuilder {
     /// Starts the pod and waits until `/healthz` answers.
     pub async fn start(self) -> Pod {
         std::fs::create_dir_all(&self.storage).expect("create storage dir");
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log = self.log_path(port);
+        let addr = self.listen_addr();
+        let log = self.log_path(addr.port());
         let mut cmd = self.command(addr, &log);
         let child = cmd.spawn().expect("spawn segswarm serve");
         let client = reqwest::Client::builder()
@@ -195,6 +215,7 @@ impl Pod {
             token: None,
             test_defaults: true,
             cpus: None,
+            netns: None,
         }
     }
 
