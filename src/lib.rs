@@ -18,6 +18,7 @@ mod config;
 mod coord;
 mod egress;
 mod encode;
+mod fetch;
 mod ffmpeg;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -51,7 +52,7 @@ pub mod settings {
     pub use crate::config::{
         validate_max_attempts, validate_preset, validate_segment_duration, worker_id_or_hostname,
         ClaimTtl, ConfigError, EncodeSettings, Ladder, PodConfig, RunSettings, Rung, Slots,
-        DEFAULT_SEGMENT_DURATION,
+        TestNetwork, DEFAULT_SEGMENT_DURATION,
     };
 }
 
@@ -68,8 +69,10 @@ pub mod coordination {
 /// The encoding pipeline's pieces, for tests and benchmarks that drive or
 /// time one step.
 pub mod pipeline {
+    pub use crate::egress::EgressPolicy;
     pub use crate::encode::mpegts::{self, TsError, TsSegment};
     pub use crate::encode::{Batch, EncodeError, Verified, VideoOutput};
+    pub use crate::fetch::{FetchError, SourceFetch, SourceInput};
     pub use crate::ffmpeg::{RunControl, RunError};
     pub use crate::plan::{Plan, PlanError, Rendition, Segment, Unit};
     pub use crate::probe::{probe, ProbeError, SourceInfo};

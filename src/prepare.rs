@@ -5,6 +5,7 @@
 //! there is one way a plan comes into being. It never encodes anything.
 
 use crate::config::EncodeSettings;
+use crate::fetch::SourceFetch;
 use crate::plan::{Plan, PlanError};
 use crate::probe::{probe, ProbeError};
 use crate::source::Source;
@@ -37,12 +38,14 @@ pub struct Prepared {
 }
 
 /// Reads the job in `layout` if it is the same source and settings,
-/// otherwise probes and plans it and writes `job.json`.
+/// otherwise probes it (a URL through `fetch`), plans it and writes
+/// `job.json`.
 pub async fn prepare(
     layout: &JobLayout,
     source: Source,
     settings: EncodeSettings,
     new_id: JobId,
+    fetch: &SourceFetch,
 ) -> Result<Prepared, PrepareError> {
     if let Some(plan) = read_plan(layout)? {
         if plan.source == source && plan.settings == settings {
@@ -59,7 +62,7 @@ pub async fn prepare(
             ),
         });
     }
-    let info = probe(&source).await?;
+    let info = probe(&source, fetch).await?;
     let source_name = source.to_string();
     let plan = Plan::new(new_id, source, settings, &info)
         .map_err(|error| PrepareError::Plan { source_name, error })?;

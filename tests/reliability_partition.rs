@@ -25,7 +25,7 @@ use serde_json::json;
 
 use common::cluster::{job_id, traced_wrapper, unit_count, wait_planned};
 use common::finality::FinalityWatch;
-use common::netns::{Cut, NetNs};
+use common::netns::{or_skip, Cut, PodHost};
 use common::webhook::{self, webhook_receiver_on};
 use common::{
     gen_clip, metric_value, validate_hls, wait_for, ClipSpec, Cluster, RedisServer, TestDir,
@@ -35,20 +35,6 @@ const JOB_LIMIT: Duration = Duration::from_secs(300);
 const CUT_FOR: Duration = Duration::from_secs(15);
 const TERMINAL: [&str; 4] = ["done", "partial", "failed", "canceled"];
 const PODS: [&str; 3] = ["pod-a", "pod-b", "pod-c"];
-
-/// Whether this machine can run the test; panics under CI when not.
-fn namespaces_or_skip() -> bool {
-    match NetNs::available() {
-        Ok(()) => true,
-        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("network namespaces are needed in CI: {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED: network namespaces unavailable here: {why}");
-            false
-        }
-    }
-}
 
 /// Whether `pod` reports coordination mode `mode` now.
 async fn in_mode(cluster: &Cluster, pod: &str, mode: &str) -> bool {
@@ -79,7 +65,7 @@ async fn wait_mode(cluster: &Cluster, pods: &[&str], mode: &str, limit: Duration
 /// Cuts `pods` off Redis for [`CUT_FOR`], then heals; prints the figures.
 async fn partition(
     cluster: &Cluster,
-    namespaces: &[NetNs],
+    namespaces: &[PodHost],
     pods: &[&str],
     how: Cut,
     id: &str,
@@ -111,16 +97,13 @@ async fn partition(
     );
 }
 
-fn namespace_of<'a>(namespaces: &'a [NetNs], pod: &str) -> &'a NetNs {
+fn namespace_of<'a>(namespaces: &'a [PodHost], pod: &str) -> &'a PodHost {
     let index = PODS.iter().position(|p| *p == pod).expect("a known pod");
     &namespaces[index]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_never_replace_a_published_file_or_shrink_a_playlist() {
-    if !namespaces_or_skip() {
-        return;
-    }
     let dir = TestDir::new("partition");
     let source = dir.join("source.mp4");
     gen_clip(&source, &ClipSpec::new(120.0).size(640, 360));
@@ -131,9 +114,12 @@ async fn partitions_never_replace_a_published_file_or_shrink_a_playlist() {
         &dir.join("encodes.log"),
         Some(("scale=", Duration::from_millis(2500))),
     );
-    let namespaces: Vec<NetNs> = (1..=PODS.len() as u8).map(NetNs::create).collect();
+    let made: Result<Vec<PodHost>, String> = (1..=PODS.len() as u8).map(PodHost::new).collect();
+    let Some(namespaces) = or_skip(made, "partition") else {
+        return;
+    };
     let redis =
-        RedisServer::start_also_on(&namespaces.iter().map(NetNs::host_addr).collect::<Vec<_>>());
+        RedisServer::start_also_on(&namespaces.iter().map(PodHost::host_addr).collect::<Vec<_>>());
     let redis_port = redis.port();
     let mut cluster = Cluster::with_redis(dir.path(), redis)
         .env("SEGSWARM_SLOTS", "1")
@@ -141,7 +127,7 @@ async fn partitions_never_replace_a_published_file_or_shrink_a_playlist() {
     for (name, ns) in PODS.iter().zip(&namespaces) {
         let builder = cluster
             .builder(name)
-            .netns(ns.name(), ns.addr())
+            .in_netns(ns.placement())
             .env("REDIS_URL", cluster.redis.url_via(ns.host_addr()))
             .path_prefix(&wrapper.bin_dir);
         cluster.start_with(name, builder).await;

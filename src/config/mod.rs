@@ -8,6 +8,7 @@
 mod encode;
 mod pod;
 mod run;
+mod test_network;
 
 pub use encode::{
     validate_preset, validate_segment_duration, EncodeSettings, Ladder, Rung,
@@ -15,6 +16,7 @@ pub use encode::{
 };
 pub use pod::PodConfig;
 pub use run::{validate_max_attempts, worker_id_or_hostname, ClaimTtl, RunSettings, Slots};
+pub use test_network::TestNetwork;
 
 use encode::PRESETS;
 
@@ -39,4 +41,6 @@ pub enum ConfigError {
     Preset(String),
     #[error("max attempts must be at least 1")]
     MaxAttempts,
+    #[error("test network {0:?} must be a.b.c.d/prefix inside 198.18.0.0/15 (the benchmarking range), without host bits")]
+    TestNetwork(String),
 }

@@ -3,6 +3,7 @@
 //! and the thumbnail. Only arguments are built here; nothing is run.
 
 use super::{Batch, VideoOutput};
+use crate::fetch::SourceInput;
 use crate::plan::{Plan, Segment};
 use crate::storage::AudioWorkDir;
 use std::ffi::OsString;
@@ -11,16 +12,18 @@ use std::path::Path;
 /// Sample rate of every audio rendition.
 const AUDIO_SAMPLE_RATE: u32 = 48_000;
 
-/// The ffmpeg arguments for `batch` (without `-progress`).
-pub(super) fn ffmpeg_args(batch: &Batch, plan: &Plan) -> Vec<OsString> {
+/// The ffmpeg arguments for `batch`, reading the source as `input`
+/// (without `-progress`).
+pub(super) fn ffmpeg_args(batch: &Batch, plan: &Plan, input: &SourceInput) -> Vec<OsString> {
     let mut args = Args::default();
     args.push_all(["-nostdin", "-v", "error", "-y"]);
-    args.push_all(["-protocol_whitelist", plan.source.protocol_whitelist()]);
+    args.push_all(["-protocol_whitelist", input.protocol_whitelist()]);
     args.push_all(["-format_whitelist", plan.source.format_whitelist()]);
+    let input = input.ffmpeg_input();
     match batch {
-        Batch::Video { segment, outputs } => video_args(&mut args, plan, segment, outputs),
-        Batch::Audio { track, work } => audio_args(&mut args, plan, *track, work),
-        Batch::Thumbnail { tmp_path } => thumbnail_args(&mut args, plan, tmp_path),
+        Batch::Video { segment, outputs } => video_args(&mut args, plan, input, segment, outputs),
+        Batch::Audio { track, work } => audio_args(&mut args, plan, input, *track, work),
+        Batch::Thumbnail { tmp_path } => thumbnail_args(&mut args, plan, input, tmp_path),
     }
     args.0
 }
@@ -57,9 +60,15 @@ fn seconds(value: f64) -> String {
 /// before its first frame, take exactly its frames, keep source timestamps shifted by a fixed base,
 /// one IDR at the start. Each rendition is a branch of one filter graph so
 /// the source is decoded once per batch.
-fn video_args(args: &mut Args, plan: &Plan, segment: &Segment, outputs: &[VideoOutput]) {
+fn video_args(
+    args: &mut Args,
+    plan: &Plan,
+    input: &str,
+    segment: &Segment,
+    outputs: &[VideoOutput],
+) {
     args.push_all(["-ss".to_string(), seconds(segment.seek)]);
-    args.push_all(["-i".to_string(), plan.source.ffmpeg_input()]);
+    args.push_all(["-i", input]);
     // The seek lands before the segment (at its keyframe, see
     // plan::SEEK_MARGIN); trim drops what comes before its first frame.
     // Timestamps are the source's own here (-copyts).
@@ -105,11 +114,11 @@ fn video_args(args: &mut Args, plan: &Plan, segment: &Segment, outputs: &[VideoO
 
 /// One continuous AAC encode per track, cut into HLS segments by ffmpeg's
 /// hls muxer (per-segment AAC would add priming silence at every boundary).
-fn audio_args(args: &mut Args, plan: &Plan, track: usize, work: &AudioWorkDir) {
+fn audio_args(args: &mut Args, plan: &Plan, input: &str, track: usize, work: &AudioWorkDir) {
     let Some(audio) = plan.audio.iter().find(|a| a.track == track) else {
         return;
     };
-    args.push_all(["-i".to_string(), plan.source.ffmpeg_input()]);
+    args.push_all(["-i", input]);
     args.push_all(["-map".to_string(), format!("0:{}", audio.stream_index)]);
     args.push("-vn");
     args.push_all(STRIP_OTHER_STREAMS);
@@ -137,9 +146,9 @@ fn audio_args(args: &mut Args, plan: &Plan, track: usize, work: &AudioWorkDir) {
     args.push(work.playlist().into_os_string());
 }
 
-fn thumbnail_args(args: &mut Args, plan: &Plan, tmp_path: &Path) {
+fn thumbnail_args(args: &mut Args, plan: &Plan, input: &str, tmp_path: &Path) {
     let thumb = &plan.thumbnail;
-    args.push_all(["-i".to_string(), plan.source.ffmpeg_input()]);
+    args.push_all(["-i", input]);
     // An output seek: decode from the start and drop frames up to the time
     // (at most 5 s in). An input seek can land past the only keyframe of an
     // MPEG-TS source and yield no frame at all.

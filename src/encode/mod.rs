@@ -14,6 +14,7 @@ mod verify;
 
 pub use verify::video_codec_string;
 
+use crate::fetch::{FetchError, SourceInput};
 use crate::ffmpeg::{run_ffmpeg, RunControl, RunError};
 use crate::plan::{Plan, Rendition, Segment};
 use crate::storage::AudioWorkDir;
@@ -30,6 +31,14 @@ pub enum EncodeError {
         what: String,
         path: PathBuf,
         reason: String,
+    },
+    /// The pod's proxy could not fetch the source for this encode (boxed:
+    /// it is the largest variant by far).
+    #[error("encoding {what}: source {source_name}: {error}")]
+    Fetch {
+        what: String,
+        source_name: String,
+        error: Box<FetchError>,
     },
 }
 
@@ -92,20 +101,37 @@ impl Batch {
         }
     }
 
-    /// The ffmpeg arguments for this batch (without `-progress`).
-    pub fn ffmpeg_args(&self, plan: &Plan) -> Vec<OsString> {
-        args::ffmpeg_args(self, plan)
+    /// The ffmpeg arguments for this batch, reading the source as `input`
+    /// (without `-progress`).
+    pub fn ffmpeg_args(&self, plan: &Plan, input: &SourceInput) -> Vec<OsString> {
+        args::ffmpeg_args(self, plan, input)
     }
 
-    /// Runs ffmpeg for this batch, then verifies every output.
-    pub async fn run(&self, plan: &Plan, control: RunControl) -> Result<Verified, EncodeError> {
+    /// Runs ffmpeg for this batch, reading the source as `input` (from
+    /// [`crate::fetch::SourceFetch::open`]), then verifies every output.
+    pub async fn run(
+        &self,
+        plan: &Plan,
+        input: &SourceInput,
+        control: RunControl,
+    ) -> Result<Verified, EncodeError> {
         let what = self.describe();
-        run_ffmpeg(self.ffmpeg_args(plan), self.niceness(), control)
-            .await
-            .map_err(|error| EncodeError::Run {
-                what: what.clone(),
-                error,
-            })?;
+        let ran = run_ffmpeg(self.ffmpeg_args(plan, input), self.niceness(), control).await;
+        match (ran, input.failure()) {
+            (Ok(()), _) => {}
+            (Err(error), _) if error.is_canceled() => {
+                return Err(EncodeError::Run { what, error });
+            }
+            // The proxy knows why better than ffmpeg ("403 Forbidden").
+            (Err(_), Some(error)) => {
+                return Err(EncodeError::Fetch {
+                    what,
+                    source_name: plan.source.to_string(),
+                    error: Box::new(error),
+                });
+            }
+            (Err(error), None) => return Err(EncodeError::Run { what, error }),
+        }
         self.verify(plan).await
     }
 

@@ -88,6 +88,7 @@ impl JobManager {
                     record.spec.source.clone(),
                     record.spec.settings.clone(),
                     record.id,
+                    &self.settings.fetch,
                 )
                 .await;
                 match prepared {

@@ -7,6 +7,7 @@
 
 mod parse;
 
+use crate::fetch::{FetchError, SourceFetch, SourceInput};
 use crate::ffmpeg::{run_ffprobe, run_ffprobe_with_stderr, RunError};
 use crate::source::Source;
 use parse::{parse_packets, parse_streams};
@@ -62,6 +63,13 @@ pub enum ProbeError {
     Run {
         source_name: String,
         error: RunError,
+    },
+    /// The pod's proxy could not fetch the source: a refused redirect, an
+    /// origin that answered an error or could not be reached.
+    #[error("source {source_name}: {error}")]
+    Fetch {
+        source_name: String,
+        error: FetchError,
     },
 }
 
@@ -133,28 +141,45 @@ pub struct SourceInfo {
     pub audio: Vec<AudioInfo>,
 }
 
-/// Probes `source`: streams, then every packet timestamp of the video stream.
-pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
+/// Probes `source`, read through `fetch`: streams, then every packet
+/// timestamp of the video stream.
+pub async fn probe(source: &Source, fetch: &SourceFetch) -> Result<SourceInfo, ProbeError> {
     let source_name = source.to_string();
-    let run_error = |error: RunError| match error {
+    let input = fetch
+        .open(source)
+        .await
+        .map_err(|error| ProbeError::Fetch {
+            source_name: source_name.clone(),
+            error,
+        })?;
+    let run_error = |error: RunError| match (input.failure(), error) {
+        // The proxy knows why better than ffprobe ("403 Forbidden").
+        (Some(error), _) => ProbeError::Fetch {
+            source_name: source_name.clone(),
+            error,
+        },
         // ffprobe's last line is then only "<input>: Invalid argument".
-        RunError::Failed { stderr, .. } if stderr.contains("not on whitelist") => {
+        (None, RunError::Failed { stderr, .. }) if stderr.contains("not on whitelist") => {
             ProbeError::UnsupportedFormat {
                 source_name: source_name.clone(),
                 format: refused_format(&stderr),
             }
         }
-        RunError::Failed { stderr, .. } => ProbeError::Unreadable {
+        (None, RunError::Failed { stderr, .. }) => ProbeError::Unreadable {
             source_name: source_name.clone(),
-            reason: failure_reason(&stderr),
+            reason: input.explain(&failure_reason(&stderr)),
         },
-        error => ProbeError::Run {
+        (None, error) => ProbeError::Run {
             source_name: source_name.clone(),
             error,
         },
     };
     let streams_json = run_ffprobe(
-        probe_args(source, &["-show_format", "-show_streams", "-of", "json"]),
+        probe_args(
+            &input,
+            source,
+            &["-show_format", "-show_streams", "-of", "json"],
+        ),
         PROBE_TIMEOUT,
     )
     .await
@@ -164,6 +189,7 @@ pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
     let packet_limit = format!("%+#{}", MAX_FRAMES + 1);
     let (packets, warnings) = run_ffprobe_with_stderr(
         probe_args(
+            &input,
             source,
             &[
                 "-select_streams",
@@ -189,7 +215,7 @@ pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
     {
         return Err(ProbeError::Truncated {
             source_name,
-            detail: line.trim().to_string(),
+            detail: input.explain(line.trim()),
         });
     }
     Ok(info)
@@ -249,20 +275,21 @@ fn check_length(
     Ok(())
 }
 
-/// ffprobe arguments for `source`: quiet, and only the protocols and
-/// demuxers the source may use (a playlist or concat list would otherwise
-/// open the files and hosts it names during the probe already).
-fn probe_args(source: &Source, extra: &[&str]) -> Vec<OsString> {
+/// ffprobe arguments for `source` read as `input`: quiet, and only the
+/// protocols and demuxers the source may use (a playlist or concat list
+/// would otherwise open the files and hosts it names during the probe
+/// already).
+fn probe_args(input: &SourceInput, source: &Source, extra: &[&str]) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "-v".into(),
         "error".into(),
         "-protocol_whitelist".into(),
-        source.protocol_whitelist().into(),
+        input.protocol_whitelist().into(),
         "-format_whitelist".into(),
         source.format_whitelist().into(),
     ];
     args.extend(extra.iter().map(OsString::from));
-    args.push(source.ffmpeg_input().into());
+    args.push(input.ffmpeg_input().into());
     args
 }
 

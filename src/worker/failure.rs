@@ -23,6 +23,10 @@ pub enum FailureKind {
     /// The output failed verification before publishing: wrong frame count,
     /// no keyframe first, wrong size, an incomplete audio playlist.
     BadOutput,
+    /// The pod's proxy could not fetch a URL source: a redirect or address
+    /// the egress policy refuses, an origin that answered an error or could
+    /// not be reached.
+    SourceFetch,
 }
 
 /// A failed attempt of a unit.
@@ -74,6 +78,7 @@ impl From<&EncodeError> for UnitFailure {
                 ..
             } => FailureKind::EncoderStalled,
             EncodeError::Run { .. } => FailureKind::EncoderFailed,
+            EncodeError::Fetch { .. } => FailureKind::SourceFetch,
         };
         UnitFailure {
             kind,

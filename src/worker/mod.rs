@@ -37,6 +37,7 @@ pub use request::RequestError;
 
 use crate::config::RunSettings;
 use crate::coord::Coordinator;
+use crate::fetch::SourceFetch;
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Unit};
 use crate::playlists::Listing;
@@ -194,14 +195,15 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Creates the worker with the real encoder (ffmpeg) and starts its
-    /// slots.
+    /// Creates the worker with the real encoder (ffmpeg, reading URL
+    /// sources through `fetch`) and starts its slots.
     pub fn start(
         settings: WorkerSettings,
         coord: Arc<dyn Coordinator>,
         metrics: Arc<Metrics>,
+        fetch: SourceFetch,
     ) -> Worker {
-        Worker::with_encoder(settings, coord, metrics, Arc::new(Ffmpeg))
+        Worker::with_encoder(settings, coord, metrics, Arc::new(Ffmpeg::new(fetch)))
     }
 
     /// Creates the worker with `encoder` making the outputs and starts its

@@ -8,9 +8,9 @@
 //! - [`process`]: the binary under test, scratch directories, running
 //!   `segswarm transcode`, finding leftover ffmpeg processes, and a
 //!   process's RSS and CPU time.
-//! - [`pod`]: `segswarm serve` on a free port ([`pod::Pod`]), SSE and
-//!   metrics parsing, raw HTTP requests and an `ffmpeg` wrapper for fault
-//!   injection.
+//! - [`pod`]: `segswarm serve` on a free port ([`pod::Pod`]), or inside a
+//!   network namespace ([`pod::PodNetns`]), SSE and metrics parsing, raw
+//!   HTTP requests and an `ffmpeg` wrapper for fault injection.
 //! - [`redis`]: a real `redis-server` on a free loopback port
 //!   ([`redis::RedisServer`]), stoppable and restartable on the same port,
 //!   and `INFO` of any Redis ([`redis::info`]).
@@ -22,8 +22,12 @@
 //!   faults ([`mounts::Mount`], unmounted on drop).
 //! - [`integrity`]: a thread that checks every file of a job folder is
 //!   whole while the folder is written ([`integrity::FolderWatch`]).
-//! - [`netns`]: a network namespace per pod with a veth link to the host,
-//!   and iptables cuts of its path to Redis ([`netns::NetNs`]).
+//! - [`netns`]: network namespaces, veth pairs and listeners bound inside a
+//!   namespace ([`netns::Netns`]; root only, skipped elsewhere but on CI), and a pod's
+//!   host with a cuttable path to Redis ([`netns::PodHost`]).
+//! - [`origin`]: an HTTP origin with redirects and Range requests that
+//!   records what it is asked ([`origin::Origin`]), and a listener that
+//!   counts connections ([`origin::Tripwire`]).
 //! - [`finality`]: a thread that checks a job folder's published files are
 //!   never replaced and its playlists only grow ([`finality::FinalityWatch`]).
 //! - [`stats`]: latency percentiles for `FIGURE:` lines
@@ -42,6 +46,9 @@ pub mod integrity;
 pub mod media;
 pub mod mounts;
 pub mod netns;
+pub mod origin;
+//! - [`finality`]: a thread that checks a job folder's published files are
+//!   never replaced and its playlists only grow ([`finality::FinalityWatch`]).
 pub mod pod;
 pub mod process;
 pub mod redis;

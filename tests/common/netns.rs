@@ -1,22 +1,176 @@
-//! Pods on hosts of their own: a network namespace per pod, joined to the
-//! test's host by a veth pair, and cuts of its path to Redis with iptables
-//! inside the namespace.
+//! Network namespaces of a test's own: hosts that are not this machine,
+//! made without changing its network (only the host end of a veth pair
+//! appears on it, and goes with the namespace).
 //!
-//! [`NetNs`] `i` gets the link `10.231.<i>.0/30`: the host end is
-//! `10.231.<i>.1` (where Redis listens for that pod), the namespace end
-//! `10.231.<i>.2` (where the pod listens). These addresses exist only on
-//! this machine's veth pairs; nothing is routed anywhere else. A cut
-//! ([`NetNs::cut`]) drops or rejects only the pod's Redis traffic, so the
-//! test keeps reaching the pod's HTTP API while Redis is gone for it.
-//! Needs root (CAP_NET_ADMIN) and the `ip` and `iptables` commands:
-//! [`NetNs::available`] says why not, for a skip message. The namespace and
-//! its veth pair are removed when the [`NetNs`] is dropped, also when the
-//! test panics.
+//! - [`Netns`]: one namespace (`ip netns add`, loopback up), deleted on
+//!   drop, which also deletes the veth pairs with an end in it.
+//! - [`veth`]: a veth pair between a namespace and the host or another
+//!   namespace, with an address on each end; deleted when its [`Veth`] is
+//!   dropped (deleting a namespace does not always take a host end with
+//!   it at once: seen in this project's gVisor VM).
+//! - [`Netns::bind`]: a listening socket inside a namespace, bound by a
+//!   thread of this process that enters it (setns(2)); the socket stays in
+//!   the namespace whichever thread accepts on it, so a test serves a
+//!   namespace's hosts from its own threads.
+//!
+//! All of it needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN) and `ip` from
+//! iproute2. The constructors return why they could not; [`or_skip`] turns
+//! that into a skip with the reason, or a failure when `CI=true` (CI runs
+//! as root, so there these tests must run).
 
-use std::net::Ipv4Addr;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::process::Command;
 
-/// How a cut path treats the pod's packets to Redis.
+/// Runs `ip <args>`; Err with its output when it fails.
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// `Some(made)`, or `None` after printing why the test skips; on CI
+/// (`CI=true`) a panic instead, since CI must run it.
+pub fn or_skip<T>(made: Result<T, String>, test: &str) -> Option<T> {
+    match made {
+        Ok(made) => Some(made),
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: CI=true but network namespaces are not available: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIP {test}: network namespaces are not available here ({why})");
+            None
+        }
+    }
+}
+
+/// A network namespace; deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates namespace `name` (deleting a leftover of that name from a
+    /// killed run first) with its loopback up.
+    pub fn new(name: &str) -> Result<Netns, String> {
+        let _ = ip(&["netns", "del", name]);
+        ip(&["netns", "add", name])?;
+        let netns = Netns {
+            name: name.to_string(),
+        };
+        netns.ip(&["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n <name> <args>`.
+    pub fn ip(&self, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Adds `cidr` (e.g. `10.213.0.9/32`) to this namespace's loopback: an
+    /// address of a host only this namespace reaches.
+    pub fn add_local_address(&self, cidr: &str) -> Result<(), String> {
+        self.ip(&["addr", "add", cidr, "dev", "lo"])
+    }
+
+    /// A listener bound to `addr` inside this namespace.
+    pub fn bind(&self, addr: SocketAddr) -> TcpListener {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+            // SAFETY: setns(2) on a namespace file we hold open; it changes
+            // the namespace of this thread only, which ends right after.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+            }
+            TcpListener::bind(addr).map_err(|e| format!("bind {addr} in {path}: {e}"))
+        })
+        .join()
+        .expect("the bind thread panicked")
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(err) = ip(&["netns", "del", &self.name]) {
+            eprintln!("{err}");
+        }
+    }
+}
+
+/// A veth pair; deleted (both ends) on drop.
+pub struct Veth {
+    /// `ip` arguments that name the first end's namespace (none: the host).
+    namespace: Vec<String>,
+    name: String,
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let mut args: Vec<&str> = self.namespace.iter().map(String::as_str).collect();
+        args.extend(["link", "del", self.name.as_str()]);
+        // Already gone with its namespace is fine.
+        let _ = ip(&args);
+    }
+}
+
+/// A veth pair: `a_name` with `a_cidr` in `a` (`None`: on the host),
+/// `b_name` with `b_cidr` in `b`, both up. Names are at most 15 bytes.
+pub fn veth(
+    a: Option<&Netns>,
+    a_name: &str,
+    a_cidr: &str,
+    b: &Netns,
+    b_name: &str,
+    b_cidr: &str,
+) -> Result<Veth, String> {
+    // A host end left by a killed run whose namespace survived is gone with
+    // that namespace; one left without it is removed here.
+    let _ = ip(&["link", "del", a_name]);
+    ip(&[
+        "link", "add", a_name, "type", "veth", "peer", "name", b_name,
+    ])?;
+    let mut pair = Veth {
+        namespace: Vec::new(),
+        name: a_name.to_string(),
+    };
+    ip(&["link", "set", b_name, "netns", b.name()])?;
+    b.ip(&["addr", "add", b_cidr, "dev", b_name])?;
+    b.ip(&["link", "set", b_name, "up"])?;
+    match a {
+        Some(a) => {
+            ip(&["link", "set", a_name, "netns", a.name()])?;
+            pair.namespace = vec!["-n".to_string(), a.name().to_string()];
+            a.ip(&["addr", "add", a_cidr, "dev", a_name])?;
+            a.ip(&["link", "set", a_name, "up"])?;
+        }
+        None => {
+            ip(&["addr", "add", a_cidr, "dev", a_name])?;
+            ip(&["link", "set", a_name, "up"])?;
+        }
+    }
+    Ok(pair)
+}
+
+/// How a cut path treats a pod's packets to Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
     /// Silently dropped: connections hang until a timeout (a partition).
@@ -26,156 +180,115 @@ pub enum Cut {
     Reject,
 }
 
-/// A network namespace with a veth pair to the host.
-pub struct NetNs {
-    name: String,
+/// A pod's host of its own: namespace `index` linked to the machine by a
+/// veth pair on `10.231.<index>.0/30` (the machine's end `.1`, where Redis
+/// listens for this pod; the namespace's end `.2`, where the pod listens),
+/// with a default route through the link (the machine answers on every
+/// address it owns; it does not forward, so nothing goes further). Its path
+/// to Redis can be cut with iptables inside the namespace ([`PodHost::cut`])
+/// while the test still reaches the pod's API.
+pub struct PodHost {
+    netns: Netns,
     host_if: String,
     index: u8,
 }
 
-/// Runs a command; Err with its output when it fails.
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl NetNs {
-    /// Whether namespaces can be made here; Err says why not.
-    pub fn available() -> Result<(), String> {
-        run("iptables", &["--version"])?;
-        let probe = format!("ss-probe-{}", std::process::id());
-        run("ip", &["netns", "add", &probe])?;
-        let listed = run("ip", &["netns", "exec", &probe, "iptables", "-L", "-n"]);
-        let _ = run("ip", &["netns", "delete", &probe]);
-        listed
-    }
-
-    /// Creates namespace `index` (1..=250) with its veth pair, both ends up.
-    pub fn create(index: u8) -> NetNs {
-        assert!((1..=250).contains(&index), "namespace index {index}");
-        let pid = std::process::id();
-        let ns = NetNs {
-            name: format!("ss-{pid}-{index}"),
-            // Interface names are at most 15 bytes.
-            host_if: format!("vs{}h{index}", pid % 100_000),
+impl PodHost {
+    /// Creates host `index` (1..=250); Err says why it cannot be made here
+    /// (no root, no `ip`, no `iptables`).
+    pub fn new(index: u8) -> Result<PodHost, String> {
+        assert!((1..=250).contains(&index), "pod host index {index}");
+        let out = Command::new("iptables")
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("cannot run iptables: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("iptables --version failed ({})", out.status));
+        }
+        let tag = std::process::id() % 100_000;
+        let netns = Netns::new(&format!("ss-pod-{tag}-{index}"))?;
+        let host = PodHost {
+            netns,
+            host_if: format!("vp{tag}h{index}"),
             index,
         };
-        let peer = format!("vs{}n{index}", pid % 100_000);
-        let host_ip = ns.host_addr().to_string();
-        let host_cidr = format!("{host_ip}/30");
-        let ns_cidr = format!("{}/30", ns.addr());
-        let steps: Vec<(&str, Vec<&str>)> = vec![
-            ("ip", vec!["netns", "add", &ns.name]),
-            (
-                "ip",
-                vec![
-                    "link",
-                    "add",
-                    &ns.host_if,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &peer,
-                ],
-            ),
-            ("ip", vec!["link", "set", &peer, "netns", &ns.name]),
-            ("ip", vec!["addr", "add", &host_cidr, "dev", &ns.host_if]),
-            ("ip", vec!["link", "set", &ns.host_if, "up"]),
-            (
-                "ip",
-                vec!["-n", &ns.name, "addr", "add", &ns_cidr, "dev", &peer],
-            ),
-            ("ip", vec!["-n", &ns.name, "link", "set", &peer, "up"]),
-            ("ip", vec!["-n", &ns.name, "link", "set", "lo", "up"]),
-            // Through its link the namespace reaches every address of the
-            // host (a webhook receiver on 0.0.0.0, another link's host end);
-            // the host does not forward, so nothing beyond.
-            (
-                "ip",
-                vec!["-n", &ns.name, "route", "add", "default", "via", &host_ip],
-            ),
-        ];
-        for (program, args) in steps {
-            if let Err(err) = run(program, &args) {
-                drop(ns);
-                panic!("creating a network namespace: {err}");
-            }
-        }
-        ns
+        let host_ip = host.host_addr().to_string();
+        veth(
+            None,
+            &host.host_if,
+            &format!("{host_ip}/30"),
+            &host.netns,
+            &format!("vp{tag}n{index}"),
+            &format!("{}/30", host.addr()),
+        )?;
+        host.netns
+            .ip(&["route", "add", "default", "via", &host_ip])?;
+        host.iptables(&["-L", "-n"])?;
+        Ok(host)
     }
 
-    /// The namespace's name, for `ip netns exec`.
-    pub fn name(&self) -> &str {
-        &self.name
+    /// Where the pod runs, for [`super::pod::PodBuilder::in_netns`].
+    pub fn placement(&self) -> super::pod::PodNetns {
+        super::pod::PodNetns {
+            name: self.netns.name().to_string(),
+            listen: std::net::IpAddr::V4(self.addr()),
+            hosts: None,
+        }
     }
 
     /// The namespace's end of the link (where its pod listens).
-    pub fn addr(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 231, self.index, 2)
+    pub fn addr(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, 231, self.index, 2)
     }
 
-    /// The host's end of the link (where Redis listens for this pod).
-    pub fn host_addr(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 231, self.index, 1)
+    /// The machine's end of the link (where Redis listens for this pod).
+    pub fn host_addr(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, 231, self.index, 1)
     }
 
-    /// Cuts the pod's TCP traffic with the host's `port` (Redis), both
-    /// ways, until [`NetNs::heal`].
+    fn iptables(&self, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["netns", "exec", self.netns.name(), "iptables"];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Cuts the pod's TCP traffic with the machine's `port` (Redis), both
+    /// ways, until [`PodHost::heal`].
     pub fn cut(&self, port: u16, how: Cut) {
         self.heal();
         let port = port.to_string();
         let host = self.host_addr().to_string();
-        let target: &[&str] = match how {
-            Cut::Drop => &["-j", "DROP"],
-            Cut::Reject => &["-j", "REJECT", "--reject-with", "tcp-reset"],
-        };
-        let out: Vec<&str> = [
-            "netns", "exec", &self.name, "iptables", "-A", "OUTPUT", "-p", "tcp", "-d", &host,
-            "--dport", &port,
-        ]
-        .into_iter()
-        .chain(target.iter().copied())
-        .collect();
-        run("ip", &out).unwrap_or_else(|e| panic!("cutting {}: {e}", self.name));
-        // Replies already on their way in are dropped too (a reset from our
-        // side would tell the server; a partition tells nobody).
-        let inbound = [
-            "netns", "exec", &self.name, "iptables", "-A", "INPUT", "-p", "tcp", "-s", &host,
-            "--sport", &port, "-j", "DROP",
+        let mut out = vec![
+            "-A", "OUTPUT", "-p", "tcp", "-d", &host, "--dport", &port, "-j",
         ];
-        run("ip", &inbound).unwrap_or_else(|e| panic!("cutting {}: {e}", self.name));
+        match how {
+            Cut::Drop => out.push("DROP"),
+            Cut::Reject => out.extend(["REJECT", "--reject-with", "tcp-reset"]),
+        }
+        // Replies already on their way in are dropped too: a partition
+        // tells nobody.
+        let inbound = [
+            "-A", "INPUT", "-p", "tcp", "-s", &host, "--sport", &port, "-j", "DROP",
+        ];
+        for rule in [&out[..], &inbound[..]] {
+            self.iptables(rule)
+                .unwrap_or_else(|e| panic!("cutting {}: {e}", self.netns.name()));
+        }
     }
 
     /// Removes every cut.
     pub fn heal(&self) {
         for chain in ["OUTPUT", "INPUT"] {
-            run(
-                "ip",
-                &["netns", "exec", &self.name, "iptables", "-F", chain],
-            )
-            .unwrap_or_else(|e| panic!("healing {}: {e}", self.name));
+            self.iptables(&["-F", chain])
+                .unwrap_or_else(|e| panic!("healing {}: {e}", self.netns.name()));
         }
     }
 }
 
-impl Drop for NetNs {
+impl Drop for PodHost {
     fn drop(&mut self) {
-        // Deleting the namespace deletes its end of the veth pair, and with
-        // it the host's end.
-        let _ = run("ip", &["netns", "delete", &self.name]);
-        let _ = run("ip", &["link", "delete", &self.host_if]);
+        // The namespace (dropped next) takes its end of the pair along; the
+        // machine's end is removed here in case a process kept it alive.
+        let _ = ip(&["link", "del", &self.host_if]);
     }
 }
