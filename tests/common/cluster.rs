@@ -43,10 +43,16 @@ impl Cluster {
     /// Starts a Redis server; pods store into `<root>/storage` and may read
     /// sources anywhere under `root`.
     pub fn new(root: &Path) -> Cluster {
+        Cluster::with_redis(root, RedisServer::start())
+    }
+
+    /// As [`Cluster::new`], with a Redis server the caller started (e.g.
+    /// one that also listens on network namespaces' links).
+    pub fn with_redis(root: &Path, redis: RedisServer) -> Cluster {
         Cluster {
             root: root.to_path_buf(),
             storage: root.join("storage"),
-            redis: RedisServer::start(),
+            redis,
             envs: Vec::new(),
             pods: Vec::new(),
         }

@@ -30,10 +30,13 @@
 //! - [`integrity`]: a thread that checks every file of a job folder is
 //!   whole while the folder is written ([`integrity::FolderWatch`]).
 //! - [`netns`]: network namespaces, veth pairs and listeners bound inside a
-//!   namespace ([`netns::Netns`]; root only, skipped elsewhere but on CI).
+//!   namespace ([`netns::Netns`]; root only, skipped elsewhere but on CI), and a pod's
+//!   host with a cuttable path to Redis ([`netns::PodHost`]).
 //! - [`origin`]: an HTTP origin with redirects and Range requests that
 //!   records what it is asked ([`origin::Origin`]), and a listener that
 //!   counts connections ([`origin::Tripwire`]).
+//! - [`finality`]: a thread that checks a job folder's published files are
+//!   never replaced and its playlists only grow ([`finality::FinalityWatch`]).
 //! - [`stats`]: latency percentiles for `FIGURE:` lines
 //!   ([`stats::Latencies`]) and min/median/max over repeated runs.
 //!
@@ -44,6 +47,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod finality;
 pub mod hls;
 pub mod integrity;
 pub mod media;
@@ -51,6 +55,8 @@ pub mod mounts;
 pub mod netns;
 pub mod nfs;
 pub mod origin;
+//! - [`finality`]: a thread that checks a job folder's published files are
+//!   never replaced and its playlists only grow ([`finality::FinalityWatch`]).
 pub mod pod;
 pub mod process;
 pub mod proxy;

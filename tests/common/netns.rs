@@ -169,3 +169,126 @@ pub fn veth(
     }
     Ok(pair)
 }
+
+/// How a cut path treats a pod's packets to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Silently dropped: connections hang until a timeout (a partition).
+    Drop,
+    /// Refused with a TCP reset: connections fail at once (a host that is
+    /// up but not listening, a firewall that rejects).
+    Reject,
+}
+
+/// A pod's host of its own: namespace `index` linked to the machine by a
+/// veth pair on `10.231.<index>.0/30` (the machine's end `.1`, where Redis
+/// listens for this pod; the namespace's end `.2`, where the pod listens),
+/// with a default route through the link (the machine answers on every
+/// address it owns; it does not forward, so nothing goes further). Its path
+/// to Redis can be cut with iptables inside the namespace ([`PodHost::cut`])
+/// while the test still reaches the pod's API.
+pub struct PodHost {
+    netns: Netns,
+    host_if: String,
+    index: u8,
+}
+
+impl PodHost {
+    /// Creates host `index` (1..=250); Err says why it cannot be made here
+    /// (no root, no `ip`, no `iptables`).
+    pub fn new(index: u8) -> Result<PodHost, String> {
+        assert!((1..=250).contains(&index), "pod host index {index}");
+        let out = Command::new("iptables")
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("cannot run iptables: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("iptables --version failed ({})", out.status));
+        }
+        let tag = std::process::id() % 100_000;
+        let netns = Netns::new(&format!("ss-pod-{tag}-{index}"))?;
+        let host = PodHost {
+            netns,
+            host_if: format!("vp{tag}h{index}"),
+            index,
+        };
+        let host_ip = host.host_addr().to_string();
+        veth(
+            None,
+            &host.host_if,
+            &format!("{host_ip}/30"),
+            &host.netns,
+            &format!("vp{tag}n{index}"),
+            &format!("{}/30", host.addr()),
+        )?;
+        host.netns
+            .ip(&["route", "add", "default", "via", &host_ip])?;
+        host.iptables(&["-L", "-n"])?;
+        Ok(host)
+    }
+
+    /// Where the pod runs, for [`super::pod::PodBuilder::in_netns`].
+    pub fn placement(&self) -> super::pod::PodNetns {
+        super::pod::PodNetns {
+            name: self.netns.name().to_string(),
+            listen: std::net::IpAddr::V4(self.addr()),
+            hosts: None,
+        }
+    }
+
+    /// The namespace's end of the link (where its pod listens).
+    pub fn addr(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, 231, self.index, 2)
+    }
+
+    /// The machine's end of the link (where Redis listens for this pod).
+    pub fn host_addr(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, 231, self.index, 1)
+    }
+
+    fn iptables(&self, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["netns", "exec", self.netns.name(), "iptables"];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Cuts the pod's TCP traffic with the machine's `port` (Redis), both
+    /// ways, until [`PodHost::heal`].
+    pub fn cut(&self, port: u16, how: Cut) {
+        self.heal();
+        let port = port.to_string();
+        let host = self.host_addr().to_string();
+        let mut out = vec![
+            "-A", "OUTPUT", "-p", "tcp", "-d", &host, "--dport", &port, "-j",
+        ];
+        match how {
+            Cut::Drop => out.push("DROP"),
+            Cut::Reject => out.extend(["REJECT", "--reject-with", "tcp-reset"]),
+        }
+        // Replies already on their way in are dropped too: a partition
+        // tells nobody.
+        let inbound = [
+            "-A", "INPUT", "-p", "tcp", "-s", &host, "--sport", &port, "-j", "DROP",
+        ];
+        for rule in [&out[..], &inbound[..]] {
+            self.iptables(rule)
+                .unwrap_or_else(|e| panic!("cutting {}: {e}", self.netns.name()));
+        }
+    }
+
+    /// Removes every cut.
+    pub fn heal(&self) {
+        for chain in ["OUTPUT", "INPUT"] {
+            self.iptables(&["-F", chain])
+                .unwrap_or_else(|e| panic!("healing {}: {e}", self.netns.name()));
+        }
+    }
+}
+
+impl Drop for PodHost {
+    fn drop(&mut self) {
+        // The namespace (dropped next) takes its end of the pair along; the
+        // machine's end is removed here in case a process kept it alive.
+        let _ = ip(&["link", "del", &self.host_if]);
+    }
+}
