@@ -118,8 +118,12 @@ async fn partitions_never_replace_a_published_file_or_shrink_a_playlist() {
     let Some(namespaces) = or_skip(made, "partition") else {
         return;
     };
-    let redis =
-        RedisServer::start_also_on(&namespaces.iter().map(PodHost::host_addr).collect::<Vec<_>>());
+    let redis = RedisServer::start_also_on(
+        &namespaces
+            .iter()
+            .map(PodHost::host_addr)
+            .collect::<Vec<_>>(),
+    );
     let redis_port = redis.port();
     let mut cluster = Cluster::with_redis(dir.path(), redis)
         .env("SEGSWARM_SLOTS", "1")

@@ -55,8 +55,6 @@ pub mod mounts;
 pub mod netns;
 pub mod nfs;
 pub mod origin;
-//! - [`finality`]: a thread that checks a job folder's published files are
-//!   never replaced and its playlists only grow ([`finality::FinalityWatch`]).
 pub mod pod;
 pub mod process;
 pub mod proxy;
