@@ -188,8 +188,9 @@ pub enum Cut {
 /// to Redis can be cut with iptables inside the namespace ([`PodHost::cut`])
 /// while the test still reaches the pod's API.
 pub struct PodHost {
+    // The link goes before the namespace.
+    link: Option<Veth>,
     netns: Netns,
-    host_if: String,
     index: u8,
 }
 
@@ -207,22 +208,26 @@ impl PodHost {
         }
         let tag = std::process::id() % 100_000;
         let netns = Netns::new(&format!("ss-pod-{tag}-{index}"))?;
-        let host = PodHost {
+        let mut host = PodHost {
+            link: None,
             netns,
-            host_if: format!("vp{tag}h{index}"),
             index,
         };
         let host_ip = host.host_addr().to_string();
-        veth(
+        let peer = format!("vp{tag}n{index}");
+        host.link = Some(veth(
             None,
-            &host.host_if,
+            &format!("vp{tag}h{index}"),
             &format!("{host_ip}/30"),
             &host.netns,
-            &format!("vp{tag}n{index}"),
+            &peer,
             &format!("{}/30", host.addr()),
-        )?;
-        host.netns
-            .ip(&["route", "add", "default", "via", &host_ip])?;
+        )?);
+        // `onlink`: the link's carrier may not be up yet, and without it the
+        // kernel refuses a gateway it cannot see on the link.
+        host.netns.ip(&[
+            "route", "add", "default", "via", &host_ip, "dev", &peer, "onlink",
+        ])?;
         host.iptables(&["-L", "-n"])?;
         Ok(host)
     }
@@ -282,13 +287,5 @@ impl PodHost {
             self.iptables(&["-F", chain])
                 .unwrap_or_else(|e| panic!("healing {}: {e}", self.netns.name()));
         }
-    }
-}
-
-impl Drop for PodHost {
-    fn drop(&mut self) {
-        // The namespace (dropped next) takes its end of the pair along; the
-        // machine's end is removed here in case a process kept it alive.
-        let _ = ip(&["link", "del", &self.host_if]);
     }
 }
