@@ -321,8 +321,8 @@ impl Coordinator for FallbackCoordinator {
         Ok(())
     }
 
-    /// Redis's claims while distributed; none while local (this pod's own
-    /// units are known to its worker).
+    /// Redis's count of live pods while distributed; none while local (no
+    /// cluster to ask: the worker uses its own slots).
     async fn heartbeat(
         &self,
         worker_id: &str,
@@ -339,6 +339,8 @@ impl Coordinator for FallbackCoordinator {
             .await
     }
 
+    /// Redis's claims while distributed; none while local (this pod's own
+    /// units are known to its worker).
     async fn holders(&self, job: JobId) -> Result<Vec<(String, String)>, CoordError> {
         if self.shared.is_local() {
             return Ok(Vec::new());
