@@ -34,6 +34,7 @@ mod source;
 mod storage;
 mod sync;
 mod transcode;
+mod warning;
 mod watch;
 mod webhook;
 mod worker;
@@ -44,6 +45,7 @@ pub type JobId = uuid::Uuid;
 // Running segswarm: a pod, a one-off transcode, and what they report.
 pub use pod::{serve, PodError};
 pub use transcode::{Transcode, TranscodeConfig, TranscodeError};
+pub use warning::{JobWarning, WarningKind};
 pub use worker::{FailureKind, JobOutcome, JobRun, UnitFailure, WorkerEvent};
 
 /// The validated settings a pod and a transcode are made from.
@@ -69,7 +71,7 @@ pub mod coordination {
 /// time one step.
 pub mod pipeline {
     pub use crate::encode::mpegts::{self, TsError, TsSegment};
-    pub use crate::encode::{Batch, EncodeError, Verified, VideoOutput};
+    pub use crate::encode::{AudioGap, Batch, EncodeError, Filled, Verified, VideoOutput};
     pub use crate::ffmpeg::{RunControl, RunError};
     pub use crate::plan::{Plan, PlanError, Rendition, Segment, Unit};
     pub use crate::probe::{probe, ProbeError, SourceInfo};

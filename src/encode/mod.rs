@@ -1,6 +1,8 @@
 //! Encoding: the one place that builds ffmpeg arguments ([`args`]), the
-//! checks an output must pass before it may be published ([`verify`]), and
-//! reading what an MPEG-TS segment holds ([`mpegts`]).
+//! checks an output must pass before it may be published ([`verify`]),
+//! reading what an MPEG-TS segment holds ([`mpegts`]), and telling a
+//! damaged source from a failed encode, filling what the source lacks
+//! ([`damage`]).
 //!
 //! A [`Batch`] is what one ffmpeg process produces: one segment of one or
 //! more video renditions (decode once, split, scale and encode each), or a
@@ -9,12 +11,14 @@
 //! never writes to the source.
 
 mod args;
+mod damage;
 pub mod mpegts;
 mod verify;
 
+pub use damage::{AudioGap, Filled};
 pub use verify::video_codec_string;
 
-use crate::ffmpeg::{run_ffmpeg, RunControl, RunError};
+use crate::ffmpeg::{run_ffmpeg, RunControl, RunError, RunOutput};
 use crate::plan::{Plan, Rendition, Segment};
 use crate::storage::AudioWorkDir;
 use std::ffi::OsString;
@@ -31,6 +35,13 @@ pub enum EncodeError {
         path: PathBuf,
         reason: String,
     },
+    /// The source decodes to no video frame at all in the segment's range,
+    /// the same way twice: there is nothing to fill from.
+    #[error(
+        "encoding {what}: the source yields no decodable video frame from {start:.3} s \
+         to {end:.3} s (the same twice: it is damaged there)"
+    )]
+    Undecodable { what: String, start: f64, end: f64 },
 }
 
 impl EncodeError {
@@ -49,10 +60,13 @@ pub struct VideoOutput {
 }
 
 /// What verification read of a batch's outputs that others want to know.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Verified {
     /// Per video output: its rendition's name and RFC 6381 codec string.
     pub codecs: Vec<(String, String)>,
+    /// What the outputs had to make up for a damaged source; `None` for a
+    /// source that decoded whole.
+    pub filled: Option<Filled>,
 }
 
 /// What one ffmpeg process produces.
@@ -94,19 +108,48 @@ impl Batch {
 
     /// The ffmpeg arguments for this batch (without `-progress`).
     pub fn ffmpeg_args(&self, plan: &Plan) -> Vec<OsString> {
-        args::ffmpeg_args(self, plan)
+        args::ffmpeg_args(self, plan, args::Recipe::Exact)
     }
 
-    /// Runs ffmpeg for this batch, then verifies every output.
+    /// Runs ffmpeg for this batch, then verifies every output. A video
+    /// segment the source does not decode to whole, or an audio track with
+    /// holes, is filled to the planned timeline when the source is to blame
+    /// (the rule is in `damage.rs`), and says so in [`Verified::filled`].
     pub async fn run(&self, plan: &Plan, control: RunControl) -> Result<Verified, EncodeError> {
-        let what = self.describe();
-        run_ffmpeg(self.ffmpeg_args(plan), self.niceness(), control)
-            .await
-            .map_err(|error| EncodeError::Run {
-                what: what.clone(),
-                error,
-            })?;
-        self.verify(plan).await
+        match self {
+            Batch::Video { segment, outputs } => {
+                damage::run_video(self, plan, segment, outputs, &control).await
+            }
+            Batch::Audio { track, .. } => {
+                let output = self.run_ffmpeg(plan, args::Recipe::Exact, &control).await?;
+                let mut verified = self.verify(plan).await?;
+                verified.filled = damage::audio_gaps(plan, *track, &output).await;
+                Ok(verified)
+            }
+            Batch::Thumbnail { .. } => {
+                self.run_ffmpeg(plan, args::Recipe::Exact, &control).await?;
+                self.verify(plan).await
+            }
+        }
+    }
+
+    /// One ffmpeg run of this batch with `recipe`.
+    async fn run_ffmpeg(
+        &self,
+        plan: &Plan,
+        recipe: args::Recipe,
+        control: &RunControl,
+    ) -> Result<RunOutput, EncodeError> {
+        run_ffmpeg(
+            args::ffmpeg_args(self, plan, recipe),
+            self.niceness(),
+            control,
+        )
+        .await
+        .map_err(|error| EncodeError::Run {
+            what: self.describe(),
+            error,
+        })
     }
 
     /// Checks the outputs: a truncated or empty output is a failed attempt,
@@ -123,7 +166,7 @@ impl Batch {
                 for output in outputs {
                     let info = verify::segment(&output.tmp_path, plan, segment, &output.rendition)
                         .await
-                        .map_err(|reason| failed(output.tmp_path.clone(), reason))?;
+                        .map_err(|fault| failed(output.tmp_path.clone(), fault.to_string()))?;
                     verified
                         .codecs
                         .push((output.rendition.name.clone(), info.codec));

@@ -1,7 +1,8 @@
 //! What this pod tells the other pods about its jobs and what it hears from
 //! them, through the [`Registry`](super::registry::Registry): announcing
-//! jobs, winning status changes, publishing events; adopting jobs submitted
-//! elsewhere, mirroring their events, catching up after a gap.
+//! jobs, winning status changes, publishing events, keeping warnings;
+//! adopting jobs submitted elsewhere, mirroring their events, catching up
+//! after a gap.
 //!
 //! Without a registry (local mode), or while Redis is away, every decision
 //! is this pod's own and events get local ids. It never decides what a job's
@@ -13,6 +14,7 @@ use super::registry::{Incoming, RemoteEvent};
 use super::view::{JobView, RemoteView};
 use super::{now_ms, JobEntry, JobManager};
 use crate::sync::{lock, write};
+use crate::warning::{self, JobWarning};
 use crate::JobId;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -23,8 +25,10 @@ use tokio_util::sync::CancellationToken;
 const STORAGE_RESCAN: Duration = Duration::from_secs(5);
 
 /// Takes over what another pod's event says of a job: its status (unless the
-/// job ended here), playability, error and progress (never going back).
+/// job ended here), playability, error, progress (never going back) and
+/// warnings (added to this pod's).
 fn take_over(record: &mut JobRecord, remote: &RemoteView) {
+    warning::merge(&mut record.warnings, remote.warnings.iter().cloned());
     if let Some(status) = remote.status {
         if !record.status.is_terminal() {
             record.status = status;
@@ -105,6 +109,51 @@ impl JobManager {
         }
     }
 
+    /// Keeps warnings this pod's worker made in the registry, where a pod
+    /// that ends or adopts the job finds them whatever events it heard.
+    pub(super) async fn store_warnings(&self, id: JobId, warnings: &[JobWarning]) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let fields: Vec<(String, String)> = warnings
+            .iter()
+            .filter_map(|w| Some((w.key(), serde_json::to_string(w).ok()?)))
+            .collect();
+        if let Err(err) = registry.add_warnings(id, &fields).await {
+            // The `warning` event and the record carry them anyway.
+            tracing::warn!(job = %id, "keeping warnings: {err}");
+        }
+    }
+
+    /// Adds the registry's warnings of a job to its record (before the job
+    /// ends here, and when it is adopted).
+    pub(super) async fn gather_warnings(&self, entry: &JobEntry) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let id = entry.record().id;
+        let Ok(texts) = registry.warnings(id).await else {
+            return; // Redis away: what this pod heard is what it has
+        };
+        let stored = texts.iter().filter_map(|text| {
+            serde_json::from_str::<JobWarning>(text)
+                .map_err(|err| tracing::debug!(job = %id, "dropping a warning: {err}"))
+                .ok()
+        });
+        warning::merge(&mut lock(&entry.record).warnings, stored);
+    }
+
+    /// True for the one pod that announces warning `key` of a job.
+    pub(super) async fn first_to_warn(&self, id: JobId, key: &str) -> bool {
+        match &self.registry {
+            None => true,
+            Some(registry) => registry
+                .once(id, &format!("warning:{key}"))
+                .await
+                .unwrap_or(true),
+        }
+    }
+
     /// Emits an event: through the registry when there is one (every pod's
     /// subscribers get it, with a cluster-wide id), else locally.
     pub(super) async fn emit(&self, entry: &JobEntry, event: JobEventKind) {
@@ -142,6 +191,7 @@ impl JobManager {
                 record.playable |= remote.playable;
                 record.progress = record.progress.max(remote.progress);
                 record.updated_at_ms = remote.updated_at_ms;
+                warning::merge(&mut record.warnings, remote.warnings);
             }
         }
     }
@@ -176,6 +226,7 @@ impl JobManager {
                 self.apply_remote_event(&entry, event);
             }
         }
+        self.gather_warnings(&entry).await;
         if !record.status.is_terminal() {
             self.spawn_start(entry);
         }
@@ -315,6 +366,7 @@ mod tests {
             updated_at_ms: 0,
             playable: false,
             progress,
+            warnings: Vec::new(),
         }
     }
 
@@ -328,6 +380,7 @@ mod tests {
                 playable: true,
                 error: None,
                 progress: Some(12.0),
+                warnings: Vec::new(),
             },
         );
         assert_eq!(local.status, JobStatus::Playable);
@@ -346,6 +399,7 @@ mod tests {
                 playable: false,
                 error: Some("bad source".into()),
                 progress: Some(60.0),
+                warnings: Vec::new(),
             },
         );
         assert_eq!(ended.status, JobStatus::Canceled);

@@ -46,6 +46,7 @@ impl JobManager {
             updated_at_ms: now,
             playable: false,
             progress: 0.0,
+            warnings: Vec::new(),
         };
         let layout = self.storage.job(record.id);
         std::fs::create_dir_all(layout.dir())
@@ -221,6 +222,15 @@ impl JobManager {
     /// and webhook.
     async fn end(&self, entry: &JobEntry, status: JobStatus, error: Option<String>) {
         let progress = lock(&entry.run).as_ref().map(|run| percent(run.progress()));
+        if entry.record().status.is_terminal() {
+            return;
+        }
+        // Each pod keeps its warnings in the registry as soon as its worker
+        // reports them (the worker does so before it publishes the filled
+        // unit): the terminal event and webhook carry every warning,
+        // whichever pod ends the job. A warning stored after this read (a
+        // window of one Redis write) still reaches every pod's record.
+        self.gather_warnings(entry).await;
         let mut next = entry.record();
         if next.status.is_terminal() {
             return;

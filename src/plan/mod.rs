@@ -123,6 +123,20 @@ pub struct Plan {
     pub segments: Vec<Segment>,
     pub audio: Vec<AudioTrack>,
     pub thumbnail: Thumbnail,
+    /// The source was cut off: its frames end before the end its container
+    /// claims. The plan covers the frames there are. None for a whole
+    /// source, and in plans written before this field existed.
+    #[serde(default)]
+    pub truncated: Option<Truncation>,
+}
+
+/// Where a cut-off source ends, from the probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Truncation {
+    /// The duration the container claims, seconds.
+    pub claimed_duration: f64,
+    /// What ffprobe said of it (`stream 0, offset 0x...: partial file`).
+    pub detail: String,
 }
 
 /// How ffmpeg's input seek finds a position in a source's container, which
@@ -203,12 +217,26 @@ impl Plan {
                 width: thumb_w,
                 height: thumb_h,
             },
+            truncated: info.truncated.as_ref().map(|detail| Truncation {
+                claimed_duration: info.duration,
+                detail: detail.clone(),
+            }),
         })
     }
 
     /// The value of `-output_ts_offset` for every output of this job.
     pub fn output_ts_offset(&self) -> f64 {
         TIMESTAMP_BASE - self.start_time
+    }
+
+    /// A source time in seconds on the job's timeline, where 0 is the
+    /// first frame (what a player shows; what warnings name).
+    pub fn timeline(&self, source_time: f64) -> f64 {
+        let first = self
+            .segments
+            .first()
+            .map_or(self.start_time, |segment| segment.start);
+        source_time - first
     }
 
     pub fn rendition(&self, name: &str) -> Option<&Rendition> {
@@ -431,6 +459,7 @@ mod tests {
                 last_frame_duration: 1.0 / 30.0,
             },
             audio: vec![],
+            truncated: None,
         }
     }
 

@@ -37,8 +37,6 @@ pub enum ProbeError {
     NoVideo(String),
     #[error("source {0}: the video stream has no frames (truncated or corrupt?)")]
     NoFrames(String),
-    #[error("source {source_name}: truncated or damaged ({detail})")]
-    Truncated { source_name: String, detail: String },
     #[error("source {source_name}: video size {width}x{height} is not supported (at most {MAX_DIMENSION} per side)")]
     BadDimensions {
         source_name: String,
@@ -131,6 +129,10 @@ pub struct SourceInfo {
     pub start_time: f64,
     pub video: VideoInfo,
     pub audio: Vec<AudioInfo>,
+    /// What ffprobe said when the file ends before its last packet (a
+    /// cut-off upload): the frames listed are the ones there are.
+    #[serde(default)]
+    pub truncated: Option<String>,
 }
 
 /// Probes `source`: streams, then every packet timestamp of the video stream.
@@ -180,18 +182,15 @@ pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
     )
     .await
     .map_err(run_error)?;
-    let info = with_frames(&source_name, info, &packets)?;
+    let mut info = with_frames(&source_name, info, &packets)?;
     // A cut-off upload still probes, but ffprobe says so on stderr (and
-    // exits 0): refuse it here rather than fail its last segment later.
-    if let Some(line) = warnings
+    // exits 0). The packets it listed are the ones before the cut: the job
+    // is planned on them and ends with a warning naming what is missing
+    // (an upload cut before its first frame has no packets: NoFrames).
+    info.truncated = warnings
         .lines()
         .find(|line| line.contains("partial file") || line.contains("truncat"))
-    {
-        return Err(ProbeError::Truncated {
-            source_name,
-            detail: line.trim().to_string(),
-        });
-    }
+        .map(|line| line.trim().to_string());
     Ok(info)
 }
 

@@ -134,6 +134,10 @@ impl Shared {
         match result {
             Ok(verified) if guard.confirm_held().await => {
                 job.packager.learn_codecs(&verified.codecs);
+                // Before publishing: no pod sees the unit done without it.
+                if let Some(filled) = &verified.filled {
+                    self.record_filled(&job, &batch, guard.leases(), filled);
+                }
                 self.publish(&job, &batch, guard.leases()).await
             }
             result => {

@@ -1,7 +1,7 @@
 //! One job the worker runs: its plan, its folder, its units' book, its
-//! playlists' packager and how it ended. Shared by the slots, requests and
-//! notices of this pod; the job manager and the CLI read its progress and
-//! wait for its outcome.
+//! playlists' packager, the warnings its outputs earned and how it ended.
+//! Shared by the slots, requests and notices of this pod; the job manager
+//! and the CLI read its progress and warnings and wait for its outcome.
 
 use super::schedule::JobPolicy;
 use super::units::UnitBook;
@@ -10,6 +10,7 @@ use crate::plan::{Plan, Unit};
 use crate::playlists::{Availability, Packager};
 use crate::storage::JobLayout;
 use crate::sync::lock;
+use crate::warning::{self, JobWarning};
 use crate::JobId;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,6 +35,9 @@ pub struct JobRun {
     /// The master playlist plays (set once, by this pod's packager).
     pub(super) plays: AtomicBool,
     book: Mutex<UnitBook>,
+    /// What this pod's outputs filled for a damaged source, and the plan's
+    /// own warning (a cut-off source).
+    warnings: Mutex<Vec<JobWarning>>,
     pub(super) outcome: watch::Sender<Option<JobOutcome>>,
 }
 
@@ -47,6 +51,7 @@ impl JobRun {
     ) -> JobRun {
         let book = UnitBook::new(&plan, |unit| layout.is_done(unit), Instant::now());
         let (outcome, _) = watch::channel(None);
+        let warnings = super::warnings::plan_warnings(&plan);
         JobRun {
             packager: Packager::new(plan.clone(), layout.clone(), options.listing),
             skipped: book.progress().0,
@@ -58,6 +63,7 @@ impl JobRun {
             publishing: tokio::sync::Mutex::new(()),
             plays: AtomicBool::new(false),
             book: Mutex::new(book),
+            warnings: Mutex::new(warnings),
             outcome,
         }
     }
@@ -94,6 +100,19 @@ impl JobRun {
                     .count();
                 (r.name.clone(), done, total)
             })
+            .collect()
+    }
+
+    /// The warnings this pod knows of (sorted by time).
+    pub fn warnings(&self) -> Vec<JobWarning> {
+        lock(&self.warnings).clone()
+    }
+
+    /// Adds warnings; returns those that were new.
+    pub(super) fn add_warnings(&self, new: Vec<JobWarning>) -> Vec<JobWarning> {
+        let mut list = lock(&self.warnings);
+        new.into_iter()
+            .filter(|w| warning::merge(&mut list, [w.clone()]))
             .collect()
     }
 

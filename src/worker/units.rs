@@ -372,6 +372,7 @@ pub(super) mod tests {
                 width: 640,
                 height: 360,
             },
+            truncated: None,
         }
     }
 
