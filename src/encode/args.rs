@@ -134,24 +134,25 @@ fn video_args(
 /// `trim` to the segment's own frames, with a comma after it (empty for a
 /// plan written before `trim_from` existed). The seek lands before the
 /// segment (at its keyframe, see plan::SEEK_MARGIN): the start drops what
-/// comes before its first frame. The end, half a frame before the next
-/// segment's first frame, changes nothing for a healthy source (its frames
-/// all come before it, and `-frames:v` stops there), but a source that
-/// lost frames inside the segment now yields a short segment, which
-/// verification sees, instead of frames of the next one (a timeline that
-/// overlaps the next segment's). Timestamps are the source's own here
-/// (-copyts).
+/// comes before its first frame (segment 0 is decoded from the source's
+/// start and needs none). The end, half a frame before the next segment's
+/// first frame, changes nothing for a healthy source (its frames all come
+/// before it, and `-frames:v` stops there), but a source that lost frames
+/// inside the segment now yields a short segment, which verification sees,
+/// instead of frames of the next one (a timeline that overlaps the next
+/// segment's). Timestamps are the source's own here (-copyts).
 fn trim_filter(plan: &Plan, segment: &Segment) -> String {
-    let Some(from) = segment.trim_from else {
-        return String::new();
-    };
+    let from = segment.trim_from.map(|from| format!("start={}", seconds(from)));
     let to = plan
         .segments
         .get(segment.index + 1)
-        .and_then(|next| next.trim_from);
-    match to {
-        Some(to) => format!("trim=start={}:end={},", seconds(from), seconds(to)),
-        None => format!("trim=start={},", seconds(from)),
+        .and_then(|next| next.trim_from)
+        .map(|to| format!("end={}", seconds(to)));
+    let bounds: Vec<String> = from.into_iter().chain(to).collect();
+    if bounds.is_empty() {
+        String::new()
+    } else {
+        format!("trim={},", bounds.join(":"))
     }
 }
 
@@ -327,9 +328,12 @@ mod tests {
             middle.starts_with("[0:0]trim=start=3.983333:end=7.983333,split=1"),
             "{middle}"
         );
-        // The last one runs to the end of the source.
+        // The last one runs to the end of the source, the first from its
+        // start.
         let last = graph(&ffmpeg_args(&video(&plan, 2), &plan, Recipe::Exact));
         assert!(last.starts_with("[0:0]trim=start=7.983333,split=1"), "{last}");
+        let first = graph(&ffmpeg_args(&video(&plan, 0), &plan, Recipe::Exact));
+        assert!(first.starts_with("[0:0]trim=end=3.983333,split=1"), "{first}");
     }
 
     #[test]
