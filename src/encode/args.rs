@@ -36,6 +36,11 @@ pub(super) enum Recipe {
 pub(super) fn ffmpeg_args(batch: &Batch, plan: &Plan, recipe: Recipe) -> Vec<OsString> {
     let mut args = Args::default();
     args.push_all(["-nostdin", "-v", "error", "-y"]);
+    // ffmpeg exits with 69 when more than 2/3 of the decoded frames had
+    // errors, after writing its outputs all the same. What a damaged
+    // source yields is judged on the outputs (damage.rs), so the exit
+    // status stays about the encode: a crash, a signal, a write error.
+    args.push_all(["-max_error_rate", "1"]);
     args.push_all(["-protocol_whitelist", plan.source.protocol_whitelist()]);
     args.push_all(["-format_whitelist", plan.source.format_whitelist()]);
     match batch {
