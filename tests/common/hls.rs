@@ -89,7 +89,27 @@ pub struct AudioTrackReport {
 /// the video within 100 ms; the whole package decodes with ffmpeg without a
 /// single error.
 pub fn validate_hls(out_dir: &Path, source: &Path) -> HlsReport {
+    check_no_warnings(out_dir);
     validate_hls_against(out_dir, probe_source(source))
+}
+
+/// A healthy source's package fills nothing: a pod's record of the job
+/// (`status.json`, when there is one) has no warnings. This keeps every
+/// test of a healthy source a test that nothing was made up, now that a
+/// segment short of frames is filled rather than failed.
+fn check_no_warnings(out_dir: &Path) {
+    let path = out_dir.join("status.json");
+    let Ok(text) = fs::read_to_string(&path) else {
+        return;
+    };
+    let record: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let warnings = record["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        warnings.is_empty(),
+        "{}: a healthy source's job has warnings: {warnings:?}",
+        path.display()
+    );
 }
 
 /// [`validate_hls`] for a damaged source: the package must have the
