@@ -89,7 +89,7 @@ pub(super) async fn run_video(
     let again = match exact_run(batch, plan, segment, outputs, control).await? {
         Outcome::Whole(verified) => {
             tracing::warn!(
-                batch = batch.describe(),
+                batch = %batch.describe(),
                 "{first} of {planned} frames, then all of them: not the source's doing"
             );
             return Ok(verified);
@@ -115,7 +115,7 @@ pub(super) async fn run_video(
         });
     }
     tracing::warn!(
-        batch = batch.describe(),
+        batch = %batch.describe(),
         "the source decodes to {first} of {planned} frames, twice: filling the rest"
     );
     batch.run_ffmpeg(plan, Recipe::Fill, control).await?;

@@ -41,9 +41,14 @@ const PTS_TOLERANCE: u64 = 2;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum SegmentFault {
     /// A well-formed segment of the rendition's size, IDR first, that holds
-    /// fewer frames than planned (0: no video frame at all): what a source
-    /// that does not decode to its planned frames gives (see `damage.rs`).
-    Short { frames: usize, planned: usize },
+    /// fewer frames than planned, or an output with no video frame at all
+    /// (`frames` 0; `empty` says what it looked like): what a source that
+    /// does not decode to its planned frames gives (see `damage.rs`).
+    Short {
+        frames: usize,
+        planned: usize,
+        empty: Option<String>,
+    },
     /// Anything else.
     Bad(String),
 }
@@ -51,7 +56,12 @@ pub(super) enum SegmentFault {
 impl std::fmt::Display for SegmentFault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SegmentFault::Short { frames, planned } => {
+            SegmentFault::Short {
+                planned,
+                empty: Some(what),
+                ..
+            } => write!(f, "{what} (no frame, expected {planned})"),
+            SegmentFault::Short { frames, planned, .. } => {
                 write!(f, "{frames} frames, expected {planned}")
             }
             SegmentFault::Bad(reason) => f.write_str(reason),
@@ -70,23 +80,24 @@ pub(super) async fn segment(
     segment: &Segment,
     rendition: &Rendition,
 ) -> Result<TsSegment, SegmentFault> {
-    let short = |frames| SegmentFault::Short {
-        frames,
+    let nothing = |what: String| SegmentFault::Short {
+        frames: 0,
         planned: segment.frames,
+        empty: Some(what),
     };
     let size = std::fs::metadata(path)
         .map_err(|e| SegmentFault::Bad(format!("cannot stat: {e}")))?
         .len();
     // ffmpeg ends cleanly with an empty output when nothing decoded.
     if size == 0 {
-        return Err(short(0));
+        return Err(nothing("empty file".into()));
     }
     let owned = path.to_path_buf();
     let info = tokio::task::spawn_blocking(move || mpegts::read(&owned))
         .await
         .map_err(|e| SegmentFault::Bad(format!("reading the segment: {e}")))?
         .map_err(|e| match e {
-            TsError::NoVideo | TsError::NoFrames => short(0),
+            e @ (TsError::NoVideo | TsError::NoFrames) => nothing(e.to_string()),
             other => SegmentFault::Bad(other.to_string()),
         })?;
     check_segment(&info, plan, segment, rendition)?;
@@ -116,6 +127,7 @@ fn check_segment(
         return Err(SegmentFault::Short {
             frames: info.frames,
             planned: segment.frames,
+            empty: None,
         });
     }
     if info.frames != segment.frames {
