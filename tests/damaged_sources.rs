@@ -269,6 +269,13 @@ async fn damaged_sources_warn_on_every_pod_of_a_cluster() {
     let a = cluster.pod("pod-a");
     let corrupt_id = submit(a, &corrupt).await;
     // Followed on the other pod from the start.
+    let path = format!("/v1/jobs/{corrupt_id}");
+    for _ in 0..100 {
+        if b.get_json(&path).await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let events = b.events(&corrupt_id).await;
     let cut_id = submit(a, &cut).await;
     let healthy_id = submit(b, &healthy).await;
