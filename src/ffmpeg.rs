@@ -55,10 +55,23 @@ impl RunError {
         matches!(self, RunError::Canceled { .. })
     }
 
+    /// True when ffmpeg failed because not one frame reached its filter
+    /// graph before the input ended: the input decodes to nothing in the
+    /// range asked for. ffmpeg 5.1 then stops with `Cannot determine
+    /// format of input stream 0:0 after EOF` (it configures the graph from
+    /// the first decoded frame) instead of writing an empty output. Like
+    /// [`RunError::is_disk_full`], it reads ffmpeg's text, here and only
+    /// here.
+    pub fn decoded_nothing(&self) -> bool {
+        matches!(self, RunError::Failed { stderr, .. }
+            if stderr.contains("Cannot determine format of input stream")
+                && stderr.contains("after EOF"))
+    }
+
     /// True when the program failed because the disk was full or a quota
     /// exceeded. ffmpeg says so only in its stderr, with the C library's
     /// text for the errno (the same text `std::io::Error` prints), so this
-    /// is the one place that reads it.
+    /// (with [`RunError::decoded_nothing`]) is where ffmpeg's text is read.
     pub fn is_disk_full(&self) -> bool {
         let RunError::Failed { stderr, .. } = self else {
             return false;

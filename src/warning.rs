@@ -86,7 +86,11 @@ pub fn merge(list: &mut Vec<JobWarning>, new: impl IntoIterator<Item = JobWarnin
         changed = true;
     }
     if changed {
-        list.sort_by(|a, b| a.start.total_cmp(&b.start).then_with(|| a.key().cmp(&b.key())));
+        list.sort_by(|a, b| {
+            a.start
+                .total_cmp(&b.start)
+                .then_with(|| a.key().cmp(&b.key()))
+        });
     }
     changed
 }
@@ -114,10 +118,13 @@ mod tests {
         let mut list = Vec::new();
         assert!(merge(&mut list, [video("360p", 4.0), video("240p", 4.0)]));
         assert!(!merge(&mut list, [video("240p", 4.0)]), "heard twice");
-        assert!(merge(&mut list, [video("240p", 0.0)].map(|mut w| {
-            w.unit = Some("video/240p/0".into());
-            w
-        })));
+        assert!(merge(
+            &mut list,
+            [video("240p", 0.0)].map(|mut w| {
+                w.unit = Some("video/240p/0".into());
+                w
+            })
+        ));
         let units: Vec<_> = list.iter().map(|w| w.unit.clone().unwrap()).collect();
         assert_eq!(units, ["video/240p/0", "video/240p/1", "video/360p/1"]);
     }

@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 
 use common::media::run_checked;
 use common::{
-    ffprobe_json, gen_clip, metric_value, run_transcode, validate_hls_as_planned, Cluster,
-    ClipSpec, TestDir,
+    ffprobe_json, gen_clip, metric_value, run_transcode, validate_hls_as_planned, ClipSpec,
+    Cluster, TestDir,
 };
 
 const ARGS: &[&str] = &[
@@ -43,7 +43,7 @@ fn clip(dir: &TestDir, name: &str) -> std::path::PathBuf {
 
 /// The same bytes every run: xorshift64 from a fixed seed.
 fn noise(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x5eed_da3a_9ed5_0u64 | 1;
+    let mut state: u64 = 0x0005_eedd_a3a9_ed51;
     (0..len)
         .map(|_| {
             state ^= state << 13;
@@ -195,6 +195,25 @@ fn cut_off_source_ends_done_with_a_warning() {
         "the package covers {} s of a source cut at 60 %",
         report.video_span
     );
+
+    // An MPEG-TS source has no index to say how long it was: cut at 60 %,
+    // it is packaged as the shorter file it is.
+    let ts = dir.join("whole.ts");
+    run_checked(
+        std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-y", "-i"])
+            .arg(&whole)
+            .args(["-c", "copy", "-f", "mpegts"])
+            .arg(&ts),
+    );
+    let bytes = fs::read(&ts).unwrap();
+    let cut_ts = dir.join("cut.ts");
+    fs::write(&cut_ts, &bytes[..bytes.len() * 6 / 10]).unwrap();
+    let out_ts = dir.join("out-ts");
+    let stderr = assert_done(&run_transcode(&cut_ts, &out_ts, ARGS));
+    eprintln!("FIGURE: MPEG-TS cut off at 60 %: {stderr}");
+    let report = validate_hls_as_planned(&out_ts, &cut_ts);
+    assert!((5.0..10.0).contains(&report.video_span));
 }
 
 #[test]
@@ -288,7 +307,10 @@ async fn damaged_sources_warn_on_every_pod_of_a_cluster() {
         .position(|e| e.event == "warning")
         .unwrap_or_else(|| panic!("no warning event on pod-b: {names:?}"));
     assert!(
-        !events[warned].data["warnings"].as_array().unwrap().is_empty(),
+        !events[warned].data["warnings"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
         "{}",
         events[warned].data
     );
@@ -307,13 +329,26 @@ async fn damaged_sources_warn_on_every_pod_of_a_cluster() {
             }
             assert!(!warnings.is_empty(), "{pod}: no warning: {job}");
             if id == &corrupt_id {
-                let units: Vec<&str> = warnings
+                let video: Vec<&Value> = warnings
                     .iter()
-                    .map(|w| w["unit"].as_str().unwrap())
+                    .filter(|w| w["kind"] == "damaged_source")
                     .collect();
+                let units: Vec<&str> = video.iter().map(|w| w["unit"].as_str().unwrap()).collect();
                 assert_eq!(units, ["video/240p/1", "video/360p/1"], "{pod}: {job}");
-                for w in &warnings {
-                    assert_eq!(w["kind"], "damaged_source", "{w}");
+                // The noise hit audio packets too: their hole is silence.
+                let audio: Vec<&Value> = warnings
+                    .iter()
+                    .filter(|w| w["kind"] == "damaged_audio")
+                    .collect();
+                assert_eq!(audio.len(), 1, "{pod}: {job}");
+                assert_eq!(audio[0]["unit"], "audio/0");
+                assert!(audio[0]["silence_filled"].as_f64().unwrap() > 0.0);
+                let (from, to) = (
+                    audio[0]["start"].as_f64().unwrap(),
+                    audio[0]["end"].as_f64().unwrap(),
+                );
+                assert!(4.0 < from && from < to && to < 8.0, "{pod}: {job}");
+                for w in video {
                     let range = (w["start"].as_f64(), w["end"].as_f64());
                     assert_eq!(range, (Some(4.0), Some(8.0)), "{w}");
                     assert!(w["frames_filled"].as_f64().unwrap() > 0.0, "{w}");

@@ -44,9 +44,7 @@ pub(super) fn ffmpeg_args(batch: &Batch, plan: &Plan, recipe: Recipe) -> Vec<OsS
     args.push_all(["-protocol_whitelist", plan.source.protocol_whitelist()]);
     args.push_all(["-format_whitelist", plan.source.format_whitelist()]);
     match batch {
-        Batch::Video { segment, outputs } => {
-            video_args(&mut args, plan, segment, outputs, recipe)
-        }
+        Batch::Video { segment, outputs } => video_args(&mut args, plan, segment, outputs, recipe),
         Batch::Audio { track, work } => audio_args(&mut args, plan, *track, work),
         Batch::Thumbnail { tmp_path } => thumbnail_args(&mut args, plan, tmp_path),
     }
@@ -147,7 +145,9 @@ fn video_args(
 /// instead of frames of the next one (a timeline that overlaps the next
 /// segment's). Timestamps are the source's own here (-copyts).
 fn trim_filter(plan: &Plan, segment: &Segment) -> String {
-    let from = segment.trim_from.map(|from| format!("start={}", seconds(from)));
+    let from = segment
+        .trim_from
+        .map(|from| format!("start={}", seconds(from)));
     let to = plan
         .segments
         .get(segment.index + 1)
@@ -212,9 +212,7 @@ fn audio_args(args: &mut Args, plan: &Plan, track: usize, work: &AudioWorkDir) {
     // docs/reliability.md). No first_pts: -copyts keeps the source's start.
     args.push_all([
         "-af".to_string(),
-        format!(
-            "aresample={AUDIO_SAMPLE_RATE}:async=1:min_hard_comp={AUDIO_GAP_FILLED}"
-        ),
+        format!("aresample={AUDIO_SAMPLE_RATE}:async=1:min_hard_comp={AUDIO_GAP_FILLED}"),
     ]);
     args.push_all(["-c:a", "aac"]);
     args.push_all(["-b:a".to_string(), audio.bitrate.to_string()]);
@@ -336,9 +334,15 @@ mod tests {
         // The last one runs to the end of the source, the first from its
         // start.
         let last = graph(&ffmpeg_args(&video(&plan, 2), &plan, Recipe::Exact));
-        assert!(last.starts_with("[0:0]trim=start=7.983333,split=1"), "{last}");
+        assert!(
+            last.starts_with("[0:0]trim=start=7.983333,split=1"),
+            "{last}"
+        );
         let first = graph(&ffmpeg_args(&video(&plan, 0), &plan, Recipe::Exact));
-        assert!(first.starts_with("[0:0]trim=end=3.983333,split=1"), "{first}");
+        assert!(
+            first.starts_with("[0:0]trim=end=3.983333,split=1"),
+            "{first}"
+        );
     }
 
     #[test]

@@ -20,7 +20,11 @@
 //!
 //! A different count the second time is a failed attempt as any other; a
 //! whole segment the second time is published. A healthy source pays
-//! nothing: one run, as before.
+//! nothing: one run, as before. When nothing at all decodes, ffmpeg 5.1
+//! does not end cleanly with an empty output but fails
+//! ([`RunError::decoded_nothing`](crate::ffmpeg::RunError::decoded_nothing)):
+//! that counts as 0 frames, under the same rule, and the audio track and
+//! the thumbnail follow it too ([`run_decoding`]).
 //!
 //! **Audio.** The recipe fills holes with silence in every run (args.rs),
 //! which changes nothing when there is none. Whether there were: at
@@ -110,11 +114,12 @@ pub(super) async fn run_video(
     if first == 0 {
         return Err(EncodeError::Undecodable {
             what: batch.describe(),
+            media: "video frame",
             start,
             end: start + segment.duration,
         });
     }
-    tracing::warn!(
+    tracing::info!(
         batch = %batch.describe(),
         "the source decodes to {first} of {planned} frames, twice: filling the rest"
     );
@@ -135,7 +140,12 @@ async fn exact_run(
     outputs: &[VideoOutput],
     control: &RunControl,
 ) -> Result<Outcome, EncodeError> {
-    batch.run_ffmpeg(plan, Recipe::Exact, control).await?;
+    match batch.run_ffmpeg(plan, Recipe::Exact, control).await {
+        Err(EncodeError::Run { error, .. }) if error.decoded_nothing() => {
+            return Ok(Outcome::Short(0));
+        }
+        result => result?,
+    };
     let mut verified = Verified::default();
     let mut short = None;
     for output in outputs {
@@ -165,6 +175,30 @@ async fn exact_run(
             ),
         )),
     }
+}
+
+/// Runs the batch's ffmpeg (the exact recipe); when not one frame decodes,
+/// once more: nothing twice is the source's doing ([`EncodeError::Undecodable`],
+/// naming `media` and the unit's `range` on the job's timeline).
+pub(super) async fn run_decoding(
+    batch: &Batch,
+    plan: &Plan,
+    control: &RunControl,
+    media: &'static str,
+    range: (f64, f64),
+) -> Result<RunOutput, EncodeError> {
+    for _ in 0..2 {
+        match batch.run_ffmpeg(plan, Recipe::Exact, control).await {
+            Err(EncodeError::Run { error, .. }) if error.decoded_nothing() => continue,
+            result => return result,
+        }
+    }
+    Err(EncodeError::Undecodable {
+        what: batch.describe(),
+        media,
+        start: range.0,
+        end: range.1,
+    })
 }
 
 fn verify_error(batch: &Batch, outputs: &[VideoOutput], reason: String) -> EncodeError {
@@ -248,7 +282,9 @@ fn holes(listing: &str, threshold: f64) -> Vec<(f64, f64)> {
         .windows(2)
         .filter_map(|pair| {
             let end = pair[0].0 + pair[0].1;
-            (pair[1].0 - end > threshold).then_some((end, pair[1].0))
+            // To the microsecond, as ffprobe gives times.
+            let micro = |t: f64| (t * 1e6).round() / 1e6;
+            (pair[1].0 - end > threshold).then_some((micro(end), micro(pair[1].0)))
         })
         .collect()
 }
@@ -268,7 +304,7 @@ mod tests {
         let found = holes(listing, AUDIO_GAP_FILLED);
         assert_eq!(found.len(), 1);
         let (start, end) = found[0];
-        assert!((start - 0.042666).abs() < 1e-4, "{start}");
+        assert_eq!(start, 0.042666, "{start}");
         assert!((end - 0.064).abs() < 1e-9);
     }
 

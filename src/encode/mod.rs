@@ -35,13 +35,19 @@ pub enum EncodeError {
         path: PathBuf,
         reason: String,
     },
-    /// The source decodes to no video frame at all in the segment's range,
-    /// the same way twice: there is nothing to fill from.
+    /// The source decodes to nothing at all (`media`: "video frame",
+    /// "audio") in the unit's range, the same way twice: there is nothing
+    /// to fill from. Times on the job's timeline.
     #[error(
-        "encoding {what}: the source yields no decodable video frame from {start:.3} s \
+        "encoding {what}: the source yields no decodable {media} from {start:.3} s \
          to {end:.3} s (the same twice: it is damaged there)"
     )]
-    Undecodable { what: String, start: f64, end: f64 },
+    Undecodable {
+        what: String,
+        media: &'static str,
+        start: f64,
+        end: f64,
+    },
 }
 
 impl EncodeError {
@@ -121,13 +127,16 @@ impl Batch {
                 damage::run_video(self, plan, segment, outputs, &control).await
             }
             Batch::Audio { track, .. } => {
-                let output = self.run_ffmpeg(plan, args::Recipe::Exact, &control).await?;
+                let whole = (0.0, plan.duration);
+                let output = damage::run_decoding(self, plan, &control, "audio", whole).await?;
                 let mut verified = self.verify(plan).await?;
                 verified.filled = damage::audio_gaps(plan, *track, &output).await;
                 Ok(verified)
             }
             Batch::Thumbnail { .. } => {
-                self.run_ffmpeg(plan, args::Recipe::Exact, &control).await?;
+                let from = plan.timeline(plan.start_time + plan.thumbnail.time);
+                let range = (from, plan.duration);
+                damage::run_decoding(self, plan, &control, "video frame", range).await?;
                 self.verify(plan).await
             }
         }

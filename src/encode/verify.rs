@@ -61,7 +61,9 @@ impl std::fmt::Display for SegmentFault {
                 empty: Some(what),
                 ..
             } => write!(f, "{what} (no frame, expected {planned})"),
-            SegmentFault::Short { frames, planned, .. } => {
+            SegmentFault::Short {
+                frames, planned, ..
+            } => {
                 write!(f, "{frames} frames, expected {planned}")
             }
             SegmentFault::Bad(reason) => f.write_str(reason),

@@ -406,4 +406,29 @@ mod tests {
         assert_eq!(ended.error.as_deref(), Some("bad source"));
         assert_eq!(ended.progress, 60.0);
     }
+
+    #[test]
+    fn a_remote_view_adds_its_warnings_once() {
+        let warning = JobWarning {
+            kind: crate::warning::WarningKind::DamagedSource,
+            unit: Some("video/240p/1".into()),
+            rendition: Some("240p".into()),
+            track: None,
+            start: 4.0,
+            end: 8.0,
+            frames_filled: 13,
+            silence_filled: 0.0,
+            message: "segment 1 of 240p".into(),
+        };
+        let remote = RemoteView {
+            warnings: vec![warning.clone()],
+            ..RemoteView::default()
+        };
+        // Even on a job that ended here: a late warning still counts.
+        let mut local = record(JobStatus::Done, 100.0);
+        take_over(&mut local, &remote);
+        take_over(&mut local, &remote);
+        assert_eq!(local.warnings, vec![warning]);
+        assert_eq!(local.status, JobStatus::Done);
+    }
 }

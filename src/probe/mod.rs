@@ -190,7 +190,7 @@ pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
     info.truncated = warnings
         .lines()
         .find(|line| line.contains("partial file") || line.contains("truncat"))
-        .map(|line| line.trim().to_string());
+        .map(|line| without_context(line.trim()).to_string());
     Ok(info)
 }
 
@@ -265,6 +265,18 @@ fn probe_args(source: &Source, extra: &[&str]) -> Vec<OsString> {
     args
 }
 
+/// An ffprobe log line without its `[mov,mp4,... @ 0x55d0c5f0a940] `
+/// prefix (the address differs every run; the plan must not).
+fn without_context(line: &str) -> &str {
+    match line
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once("] "))
+    {
+        Some((context, message)) if context.contains(" @ ") => message,
+        _ => line,
+    }
+}
+
 /// The demuxer named in ffprobe's `[hls @ 0x...] Format not on whitelist`.
 fn refused_format(stderr: &str) -> String {
     stderr
@@ -315,6 +327,16 @@ mod tests {
             "file:t.txt: Invalid data found when processing input"
         );
         assert_eq!(failure_reason(""), "ffprobe failed without a message");
+    }
+
+    #[test]
+    fn log_lines_lose_their_context_address() {
+        assert_eq!(
+            without_context("[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55a6cef5ca40] stream 0, offset 0x1d0047: partial file"),
+            "stream 0, offset 0x1d0047: partial file"
+        );
+        assert_eq!(without_context("partial file"), "partial file");
+        assert_eq!(without_context("[x] y"), "[x] y");
     }
 
     #[test]

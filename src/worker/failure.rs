@@ -141,12 +141,15 @@ mod tests {
         assert!(!FailureKind::EncoderFailed.is_source_fault());
         let undecodable = EncodeError::Undecodable {
             what: "segment 1 of 240p".into(),
+            media: "video frame",
             start: 4.0,
             end: 8.0,
         };
         let failure = UnitFailure::from(&undecodable);
         assert_eq!(failure.kind, FailureKind::Undecodable);
         assert!(failure.kind.is_source_fault());
-        assert!(failure.message.contains("no decodable video frame from 4.000 s"));
+        assert!(failure
+            .message
+            .contains("no decodable video frame from 4.000 s"));
     }
 }

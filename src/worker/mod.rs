@@ -301,7 +301,9 @@ impl Worker {
         }
         let warnings = job.warnings();
         if !warnings.is_empty() {
-            let _ = shared.events.send(WorkerEvent::Warnings { job: id, warnings });
+            let _ = shared
+                .events
+                .send(WorkerEvent::Warnings { job: id, warnings });
         }
         shared.publish_playlists(&job).await;
         shared.maybe_finish(&job).await;

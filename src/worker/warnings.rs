@@ -34,7 +34,7 @@ impl Shared {
                     .inc_by(warning.frames_filled as u64);
             }
             self.metrics.filled_silence.inc_by(warning.silence_filled);
-            tracing::warn!(job = %job.id(), unit = ?warning.unit, "{}", warning.message);
+            tracing::info!(job = %job.id(), unit = ?warning.unit, "{}", warning.message);
         }
         let added = job.add_warnings(warnings);
         if !added.is_empty() {
@@ -73,7 +73,7 @@ fn batch_warnings(
                         message: format!(
                             "segment {index} of {rendition} ({start:.3}-{end:.3} s): the source \
                              is damaged there and decodes to {decoded} of its {planned} frames; \
-                             {missing} frames repeat their neighbours"
+                             {missing} frame(s) repeat their neighbours"
                         ),
                     }),
                     _ => None,
@@ -180,7 +180,11 @@ mod tests {
         assert_eq!(first.unit.as_deref(), Some("video/240p/1"));
         assert_eq!(first.frames_filled, 29);
         assert_eq!((first.start, first.end), (6.0, 12.0));
-        assert!(first.message.contains("151 of its 180 frames"), "{}", first.message);
+        assert!(
+            first.message.contains("151 of its 180 frames"),
+            "{}",
+            first.message
+        );
     }
 
     #[test]
