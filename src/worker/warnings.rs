@@ -85,6 +85,7 @@ fn batch_warnings(
                 return Vec::new();
             };
             let silence: f64 = gaps.iter().map(|gap| gap.end - gap.start).sum();
+            let silence = (silence * 1e6).round() / 1e6;
             vec![JobWarning {
                 kind: WarningKind::DamagedAudio,
                 unit: Some(Unit::Audio { track: *track }.to_string()),
