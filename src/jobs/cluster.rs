@@ -10,9 +10,10 @@
 
 use super::events::JobEvent;
 use super::model::{JobEventKind, JobRecord};
-use super::registry::{Incoming, RemoteEvent};
+use super::registry::{Incoming, Registry, RemoteEvent};
 use super::view::{JobView, RemoteView};
 use super::{now_ms, JobEntry, JobManager};
+use crate::coord::Mode;
 use crate::sync::{lock, write};
 use crate::warning::{self, JobWarning};
 use crate::JobId;
@@ -109,10 +110,18 @@ impl JobManager {
         }
     }
 
+    /// The registry, unless this pod is coordinating alone because Redis
+    /// is away (then a call would only wait for its timeout). For what the
+    /// registry merely adds to: warnings.
+    fn reachable_registry(&self) -> Option<&Registry> {
+        let registry = self.registry.as_deref()?;
+        (self.worker.mode() == Mode::Distributed).then_some(registry)
+    }
+
     /// Keeps warnings this pod's worker made in the registry, where a pod
     /// that ends or adopts the job finds them whatever events it heard.
     pub(super) async fn store_warnings(&self, id: JobId, warnings: &[JobWarning]) {
-        let Some(registry) = &self.registry else {
+        let Some(registry) = self.reachable_registry() else {
             return;
         };
         let fields: Vec<(String, String)> = warnings
@@ -128,7 +137,7 @@ impl JobManager {
     /// Adds the registry's warnings of a job to its record (before the job
     /// ends here, and when it is adopted).
     pub(super) async fn gather_warnings(&self, entry: &JobEntry) {
-        let Some(registry) = &self.registry else {
+        let Some(registry) = self.reachable_registry() else {
             return;
         };
         let id = entry.record().id;
@@ -145,7 +154,7 @@ impl JobManager {
 
     /// True for the one pod that announces warning `key` of a job.
     pub(super) async fn first_to_warn(&self, id: JobId, key: &str) -> bool {
-        match &self.registry {
+        match self.reachable_registry() {
             None => true,
             Some(registry) => registry
                 .once(id, &format!("warning:{key}"))

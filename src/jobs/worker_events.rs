@@ -87,7 +87,7 @@ impl JobManager {
 
     /// Warnings this pod's worker made: into the record (saved) and the
     /// registry, then one `warning` event by whichever pod is first to
-    /// announce one of them.
+    /// announce them.
     async fn on_warnings(&self, entry: &JobEntry, warnings: Vec<JobWarning>) {
         let record = entry.record();
         let new: Vec<JobWarning> = warnings
@@ -104,11 +104,10 @@ impl JobManager {
         if record.status.is_terminal() {
             return;
         }
-        let mut announce = false;
-        for w in &new {
-            announce |= self.first_to_warn(record.id, &w.key()).await;
-        }
-        if announce {
+        // A batch's warnings come together: one flag for all of them (a
+        // second pod that filled the same units, while Redis was away,
+        // has the same first key).
+        if self.first_to_warn(record.id, &new[0].key()).await {
             self.emit(entry, JobEventKind::Warning).await;
         }
     }
