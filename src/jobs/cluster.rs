@@ -118,24 +118,9 @@ impl JobManager {
         (self.worker.mode() == Mode::Distributed).then_some(registry)
     }
 
-    /// Keeps warnings this pod's worker made in the registry, where a pod
-    /// that ends or adopts the job finds them whatever events it heard.
-    pub(super) async fn store_warnings(&self, id: JobId, warnings: &[JobWarning]) {
-        let Some(registry) = self.reachable_registry() else {
-            return;
-        };
-        let fields: Vec<(String, String)> = warnings
-            .iter()
-            .filter_map(|w| Some((w.key(), serde_json::to_string(w).ok()?)))
-            .collect();
-        if let Err(err) = registry.add_warnings(id, &fields).await {
-            // The `warning` event and the record carry them anyway.
-            tracing::warn!(job = %id, "keeping warnings: {err}");
-        }
-    }
-
-    /// Adds the registry's warnings of a job to its record (before the job
-    /// ends here, and when it is adopted).
+    /// Adds the warnings every pod's worker kept in Redis (see
+    /// `Coordinator::keep_warnings`) to a job's record: before the job ends
+    /// here, and when it is adopted.
     pub(super) async fn gather_warnings(&self, entry: &JobEntry) {
         let Some(registry) = self.reachable_registry() else {
             return;

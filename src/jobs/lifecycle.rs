@@ -225,11 +225,10 @@ impl JobManager {
         if entry.record().status.is_terminal() {
             return;
         }
-        // Each pod keeps its warnings in the registry as soon as its worker
-        // reports them (the worker does so before it publishes the filled
-        // unit): the terminal event and webhook carry every warning,
-        // whichever pod ends the job. A warning stored after this read (a
-        // window of one Redis write) still reaches every pod's record.
+        // Every pod's worker keeps its warnings in Redis before it
+        // publishes the filled unit, so once every unit is done they are
+        // all there: the terminal event and webhook carry every warning,
+        // whichever pod ends the job (while Redis is reachable).
         self.gather_warnings(entry).await;
         let mut next = entry.record();
         if next.status.is_terminal() {

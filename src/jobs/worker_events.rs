@@ -85,9 +85,9 @@ impl JobManager {
         self.emit_view(entry, JobEventKind::Progress, view).await;
     }
 
-    /// Warnings this pod's worker made: into the record (saved) and the
-    /// registry, then one `warning` event by whichever pod is first to
-    /// announce them.
+    /// Warnings this pod's worker made (and kept in Redis itself): into
+    /// the record (saved), then one `warning` event by whichever pod is
+    /// first to announce them.
     async fn on_warnings(&self, entry: &JobEntry, warnings: Vec<JobWarning>) {
         let record = entry.record();
         let new: Vec<JobWarning> = warnings
@@ -100,7 +100,6 @@ impl JobManager {
         self.update(entry, |r| {
             warning::merge(&mut r.warnings, new.iter().cloned());
         });
-        self.store_warnings(record.id, &new).await;
         if record.status.is_terminal() {
             return;
         }

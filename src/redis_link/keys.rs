@@ -13,7 +13,7 @@
 //! | `segswarm:{<job>}:job`               | hash: `status`, `record`, `plan`, progress, once-flags  | registry    |
 //! | `segswarm:{<job>}:seq`               | the last event id                                       | registry    |
 //! | `segswarm:{<job>}:history`           | list of the job's last events                           | registry    |
-//! | `segswarm:{<job>}:warnings`          | hash warning key → warning JSON (damaged source filled) | registry    |
+//! | `segswarm:{<job>}:warnings`          | hash warning key → warning JSON (damaged source filled) | coordinator writes, registry reads |
 //! | channel `segswarm:{<job>}:events`    | each event as `<seq> <origin> <name> <job JSON>`        | registry    |
 //! | `segswarm:jobs`                      | sorted set of active jobs (priority, then age)          | registry    |
 //! | `segswarm:pods`                      | hash worker id → `<slots> <busy> <expires ms>`          | coordinator |

@@ -136,7 +136,8 @@ impl Shared {
                 job.packager.learn_codecs(&verified.codecs);
                 // Before publishing: no pod sees the unit done without it.
                 if let Some(filled) = &verified.filled {
-                    self.record_filled(&job, &batch, guard.leases(), filled);
+                    self.record_filled(&job, &batch, guard.leases(), filled)
+                        .await;
                 }
                 self.publish(&job, &batch, guard.leases()).await
             }

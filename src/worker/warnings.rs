@@ -4,8 +4,9 @@
 //! kept on the [`JobRun`] and announced as [`WorkerEvent::Warnings`].
 //!
 //! A batch's warnings are recorded after it is verified and before it is
-//! published, so a unit is never done (for any pod) before its warning
-//! exists. It decides nothing about the unit: a filled output is published
+//! published, and kept through the coordinator (in Redis, in a cluster)
+//! first, so a unit is never done (for any pod) before its warnings can be
+//! read. It decides nothing about the unit: a filled output is published
 //! like any verified one.
 
 use super::job_run::JobRun;
@@ -17,8 +18,9 @@ use crate::warning::{JobWarning, WarningKind};
 use std::sync::Arc;
 
 impl Shared {
-    /// Records what `batch` filled: metrics, the job's warnings, an event.
-    pub(super) fn record_filled(
+    /// Records what `batch` filled: kept through the coordinator, metrics,
+    /// the job's warnings, an event.
+    pub(super) async fn record_filled(
         &self,
         job: &Arc<JobRun>,
         batch: &Batch,
@@ -26,6 +28,14 @@ impl Shared {
         filled: &Filled,
     ) {
         let warnings = batch_warnings(&job.plan, batch, leases, filled);
+        let kept: Vec<(String, String)> = warnings
+            .iter()
+            .filter_map(|w| Some((w.key(), serde_json::to_string(w).ok()?)))
+            .collect();
+        if let Err(err) = self.coord.keep_warnings(job.id(), &kept).await {
+            // The job's events carry them anyway.
+            tracing::warn!(job = %job.id(), "keeping warnings: {err}");
+        }
         for warning in &warnings {
             if let Some(rendition) = &warning.rendition {
                 self.metrics

@@ -275,28 +275,7 @@ impl Registry {
         .await
     }
 
-    /// Keeps warnings of the job (`(key, JSON)`; a key already there keeps
-    /// its first value), so that a pod that ends or adopts the job has
-    /// every one, whatever events it heard.
-    pub async fn add_warnings(
-        &self,
-        job: JobId,
-        warnings: &[(String, String)],
-    ) -> Result<(), RegistryError> {
-        if warnings.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.connection("warnings").await?;
-        let key = JobKeys::new(job).warnings();
-        let mut pipe = redis::pipe();
-        for (field, json) in warnings {
-            pipe.cmd("HSETNX").arg(&key).arg(field).arg(json).ignore();
-        }
-        self.bounded("warnings", pipe.query_async::<()>(&mut *conn))
-            .await
-    }
-
-    /// The job's warnings as stored (JSON texts).
+    /// The job's warnings as the pods' coordinators kept them (JSON texts).
     pub async fn warnings(&self, job: JobId) -> Result<Vec<String>, RegistryError> {
         let mut conn = self.connection("warnings").await?;
         self.bounded(
