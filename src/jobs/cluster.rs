@@ -1,8 +1,8 @@
 //! What this pod tells the other pods about its jobs and what it hears from
 //! them, through the [`Registry`](super::registry::Registry): announcing
-//! jobs, winning status changes, publishing events, keeping warnings;
-//! adopting jobs submitted elsewhere, mirroring their events, catching up
-//! after a gap.
+//! jobs, winning status changes, publishing events; adopting jobs submitted
+//! elsewhere, mirroring their events, catching up after a gap, reading the
+//! warnings every pod kept.
 //!
 //! Without a registry (local mode), or while Redis is away, every decision
 //! is this pod's own and events get local ids. It never decides what a job's

@@ -83,8 +83,8 @@ pub enum JobEventKind {
     /// Throttled: at most one per 2 % step cluster-wide.
     Progress,
     Playable,
-    /// The job got a warning (a damaged source was filled); once per
-    /// warning cluster-wide.
+    /// The job got warnings (a damaged source was filled); once per batch
+    /// of warnings cluster-wide.
     Warning,
     Done,
     Partial,
