@@ -35,6 +35,7 @@ mod source;
 mod storage;
 mod sync;
 mod transcode;
+mod warning;
 mod watch;
 mod webhook;
 mod worker;
@@ -45,6 +46,7 @@ pub type JobId = uuid::Uuid;
 // Running segswarm: a pod, a one-off transcode, and what they report.
 pub use pod::{serve, PodError};
 pub use transcode::{Transcode, TranscodeConfig, TranscodeError};
+pub use warning::{JobWarning, WarningKind};
 pub use worker::{FailureKind, JobOutcome, JobRun, UnitFailure, WorkerEvent};
 
 /// The validated settings a pod and a transcode are made from.
@@ -71,7 +73,7 @@ pub mod coordination {
 pub mod pipeline {
     pub use crate::egress::EgressPolicy;
     pub use crate::encode::mpegts::{self, TsError, TsSegment};
-    pub use crate::encode::{Batch, EncodeError, Verified, VideoOutput};
+    pub use crate::encode::{AudioGap, Batch, EncodeError, Filled, Verified, VideoOutput};
     pub use crate::fetch::{FetchError, SourceFetch, SourceInput};
     pub use crate::ffmpeg::{RunControl, RunError};
     pub use crate::plan::{Plan, PlanError, Rendition, Segment, Unit};

@@ -5,8 +5,8 @@
 //! metric. It never decides anything from a metric's value.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric of a pod.
@@ -51,6 +51,12 @@ pub struct Metrics {
     pub redis_up: IntGauge,
     pub mode: IntGaugeVec,
     pub fallbacks: IntCounter,
+    /// Video frames repeated in published segments because the source did
+    /// not decode to them, by rendition.
+    pub filled_frames: IntCounterVec,
+    /// Seconds of silence put in audio tracks where the source's audio did
+    /// not decode.
+    pub filled_silence: Counter,
 }
 
 fn buckets_seconds() -> Vec<f64> {
@@ -223,8 +229,21 @@ impl Metrics {
             "segswarm_fallbacks_total",
             "Switches from Redis to local coordination because Redis was unreachable",
         )?;
+        let filled_frames = IntCounterVec::new(
+            Opts::new(
+                "segswarm_filled_frames_total",
+                "Video frames repeated in published segments where a damaged source did not decode, by rendition",
+            ),
+            &["rendition"],
+        )?;
+        let filled_silence = Counter::new(
+            "segswarm_filled_silence_seconds_total",
+            "Seconds of silence put in audio tracks where a damaged source's audio did not decode",
+        )?;
         for collector in [
             Box::new(units_completed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(filled_frames.clone()),
+            Box::new(filled_silence.clone()),
             Box::new(mode.clone()),
             Box::new(fallbacks.clone()),
             Box::new(units_failed.clone()),
@@ -285,6 +304,8 @@ impl Metrics {
             redis_up,
             mode,
             fallbacks,
+            filled_frames,
+            filled_silence,
         })
     }
 

@@ -269,6 +269,22 @@ impl Coordinator for FallbackCoordinator {
         }
     }
 
+    /// Kept in Redis while distributed; while local, only this pod knows
+    /// them (its job events carry them).
+    async fn keep_warnings(
+        &self,
+        job: JobId,
+        warnings: &[(String, String)],
+    ) -> Result<(), CoordError> {
+        let shared = &self.shared;
+        if !shared.is_local() {
+            if let Err(err) = shared.redis.keep_warnings(job, warnings).await {
+                shared.fall_back(&err);
+            }
+        }
+        Ok(())
+    }
+
     async fn mark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError> {
         let shared = &self.shared;
         shared.local.mark_done(job, unit).await?;

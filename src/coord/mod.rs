@@ -3,8 +3,9 @@
 //! One trait, [`Coordinator`], with an in-process implementation
 //! ([`local::LocalCoordinator`]) for a pod alone and a Redis one
 //! ([`redis::RedisCoordinator`]) for a cluster. Code above it never asks which one it has. A coordinator only
-//! decides claims and carries notices; storage stays the truth for outputs,
-//! so a coordinator never creates or deletes files.
+//! decides claims and carries notices (and what a unit's output had to fill
+//! for a damaged source, ahead of its completion); storage stays the truth
+//! for outputs, so a coordinator never creates or deletes files.
 
 pub mod fallback;
 pub mod local;
@@ -160,6 +161,20 @@ pub trait Coordinator: Send + Sync {
     /// Gives a lease back (failure or shutdown) so another worker can take it
     /// now. With `failed`, the unit's attempt counter grows; returns it.
     async fn release(&self, lease: &Lease, failed: bool) -> Result<u32, CoordError>;
+
+    /// Keeps the warnings of a unit's output (a damaged source it had to
+    /// fill: `(key, JSON)` per warning; a key already kept keeps its first
+    /// value) where every pod reads them. Called before the unit is
+    /// published and completed, so whoever sees the unit done finds its
+    /// warnings too. By default nothing is kept: a pod alone knows its own.
+    async fn keep_warnings(
+        &self,
+        job: JobId,
+        warnings: &[(String, String)],
+    ) -> Result<(), CoordError> {
+        let _ = (job, warnings);
+        Ok(())
+    }
 
     /// Records that a unit is done because its output was found on storage.
     async fn mark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError>;

@@ -444,6 +444,28 @@ impl Coordinator for RedisCoordinator {
         Ok(u32::try_from(attempts.max(0)).unwrap_or(u32::MAX))
     }
 
+    async fn keep_warnings(
+        &self,
+        job: JobId,
+        warnings: &[(String, String)],
+    ) -> Result<(), CoordError> {
+        if warnings.is_empty() {
+            return Ok(());
+        }
+        let key = JobKeys::new(job).warnings();
+        let fut = async {
+            let mut conn = self.pool.get().await?;
+            let mut pipe = redis::pipe();
+            for (field, json) in warnings {
+                pipe.cmd("HSETNX").arg(&key).arg(field).arg(json).ignore();
+            }
+            Ok(pipe.query_async::<()>(&mut *conn).await?)
+        };
+        self.bounded(fut)
+            .await
+            .map_err(|err| unavailable(format!("keeping warnings of job {job}"), err))
+    }
+
     async fn mark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError> {
         let keys = JobKeys::new(job);
         let _: i64 = self

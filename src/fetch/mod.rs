@@ -148,15 +148,7 @@ impl SourceFetch {
     /// the returned input is dropped.
     pub async fn open(&self, source: &Source) -> Result<SourceInput, FetchError> {
         let text = match source {
-            // `file:` keeps a path that contains a colon from being read as
-            // a protocol.
-            Source::File(path) => {
-                return Ok(SourceInput {
-                    argument: format!("file:{}", path.display()),
-                    protocols: "file",
-                    route: None,
-                })
-            }
+            Source::File(path) => return Ok(SourceInput::file(path)),
             Source::Url(text) => text,
         };
         let url = egress::parse_http_url(text).map_err(FetchError::Invalid)?;
@@ -240,6 +232,16 @@ impl Drop for OpenRoute {
 }
 
 impl SourceInput {
+    /// A local file, read directly (`file:` keeps a path that contains a
+    /// colon from being read as a protocol).
+    pub fn file(path: &std::path::Path) -> SourceInput {
+        SourceInput {
+            argument: format!("file:{}", path.display()),
+            protocols: "file",
+            route: None,
+        }
+    }
+
     /// What to pass to `-i`.
     pub fn ffmpeg_input(&self) -> &str {
         &self.argument

@@ -1,7 +1,8 @@
 //! What this pod tells the other pods about its jobs and what it hears from
 //! them, through the [`Registry`](super::registry::Registry): announcing
 //! jobs, winning status changes, publishing events; adopting jobs submitted
-//! elsewhere, mirroring their events, catching up after a gap.
+//! elsewhere, mirroring their events, catching up after a gap, reading the
+//! warnings every pod kept.
 //!
 //! Without a registry (local mode), or while Redis is away, every decision
 //! is this pod's own and events get local ids; a pod cut off from Redis
@@ -13,12 +14,13 @@
 
 use super::events::JobEvent;
 use super::model::{JobEventKind, JobRecord, JobStatus};
-use super::registry::{Incoming, RemoteEvent};
+use super::registry::{Incoming, Registry, RemoteEvent};
 use super::state::{Decision, Ending};
 use super::view::{JobView, RemoteView};
 use super::{now_ms, JobEntry, JobManager};
 use crate::coord::Mode;
 use crate::sync::{lock, write};
+use crate::warning::{self, JobWarning};
 use crate::JobId;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -33,8 +35,10 @@ const STORAGE_RESCAN: Duration = Duration::from_secs(5);
 const CONVERGE_EVERY: Duration = Duration::from_secs(1);
 
 /// Takes over what another pod's event says of a job: its status (unless the
-/// job ended here), playability, error and progress (never going back).
+/// job ended here), playability, error, progress (never going back) and
+/// warnings (added to this pod's).
 fn take_over(record: &mut JobRecord, remote: &RemoteView) {
+    warning::merge(&mut record.warnings, remote.warnings.iter().cloned());
     if let Some(status) = remote.status {
         record.advance(status);
     }
@@ -146,6 +150,44 @@ impl JobManager {
         }
     }
 
+    /// The registry, unless this pod is coordinating alone because Redis
+    /// is away (then a call would only wait for its timeout). For what the
+    /// registry merely adds to: warnings.
+    fn reachable_registry(&self) -> Option<&Registry> {
+        let registry = self.registry.as_deref()?;
+        (self.worker.mode() == Mode::Distributed).then_some(registry)
+    }
+
+    /// Adds the warnings every pod's worker kept in Redis (see
+    /// `Coordinator::keep_warnings`) to a job's record: before the job ends
+    /// here, and when it is adopted.
+    pub(super) async fn gather_warnings(&self, entry: &JobEntry) {
+        let Some(registry) = self.reachable_registry() else {
+            return;
+        };
+        let id = entry.record().id;
+        let Ok(texts) = registry.warnings(id).await else {
+            return; // Redis away: what this pod heard is what it has
+        };
+        let stored = texts.iter().filter_map(|text| {
+            serde_json::from_str::<JobWarning>(text)
+                .map_err(|err| tracing::debug!(job = %id, "dropping a warning: {err}"))
+                .ok()
+        });
+        warning::merge(&mut lock(&entry.record).warnings, stored);
+    }
+
+    /// True for the one pod that announces warning `key` of a job.
+    pub(super) async fn first_to_warn(&self, id: JobId, key: &str) -> bool {
+        match self.reachable_registry() {
+            None => true,
+            Some(registry) => registry
+                .once(id, &format!("warning:{key}"))
+                .await
+                .unwrap_or(true),
+        }
+    }
+
     /// Emits an event: through the registry when there is one (every pod's
     /// subscribers get it, with a cluster-wide id), else locally.
     pub(super) async fn emit(&self, entry: &JobEntry, event: JobEventKind) {
@@ -189,6 +231,7 @@ impl JobManager {
                 record.playable |= remote.playable;
                 record.progress = record.progress.max(remote.progress);
                 record.updated_at_ms = record.updated_at_ms.max(remote.updated_at_ms);
+                warning::merge(&mut record.warnings, remote.warnings);
             }
         }
     }
@@ -235,6 +278,7 @@ impl JobManager {
                 self.apply_remote_event(&entry, event);
             }
         }
+        self.gather_warnings(&entry).await;
         if !record.status.is_terminal() {
             self.spawn_start(entry);
         }
@@ -413,6 +457,7 @@ mod tests {
             updated_at_ms: 0,
             playable: false,
             progress,
+            warnings: Vec::new(),
         }
     }
 
@@ -426,6 +471,7 @@ mod tests {
                 playable: true,
                 error: None,
                 progress: Some(12.0),
+                warnings: Vec::new(),
             },
         );
         assert_eq!(local.status, JobStatus::Playable);
@@ -444,10 +490,36 @@ mod tests {
                 playable: false,
                 error: Some("bad source".into()),
                 progress: Some(60.0),
+                warnings: Vec::new(),
             },
         );
         assert_eq!(ended.status, JobStatus::Canceled);
         assert_eq!(ended.error.as_deref(), Some("bad source"));
         assert_eq!(ended.progress, 60.0);
+    }
+
+    #[test]
+    fn a_remote_view_adds_its_warnings_once() {
+        let warning = JobWarning {
+            kind: crate::warning::WarningKind::DamagedSource,
+            unit: Some("video/240p/1".into()),
+            rendition: Some("240p".into()),
+            track: None,
+            start: 4.0,
+            end: 8.0,
+            frames_filled: 13,
+            silence_filled: 0.0,
+            message: "segment 1 of 240p".into(),
+        };
+        let remote = RemoteView {
+            warnings: vec![warning.clone()],
+            ..RemoteView::default()
+        };
+        // Even on a job that ended here: a late warning still counts.
+        let mut local = record(JobStatus::Done, 100.0);
+        take_over(&mut local, &remote);
+        take_over(&mut local, &remote);
+        assert_eq!(local.warnings, vec![warning]);
+        assert_eq!(local.status, JobStatus::Done);
     }
 }

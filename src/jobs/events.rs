@@ -169,6 +169,7 @@ pub(super) mod tests {
             audio_tracks: None,
             renditions: Vec::new(),
             error: None,
+            warnings: Vec::new(),
         }
     }
 

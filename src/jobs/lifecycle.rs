@@ -48,6 +48,7 @@ impl JobManager {
             updated_at_ms: now,
             playable: false,
             progress: 0.0,
+            warnings: Vec::new(),
         };
         let layout = self.storage.job(record.id);
         std::fs::create_dir_all(layout.dir())
@@ -233,6 +234,14 @@ impl JobManager {
     /// ([`JobManager::confirm_ends`]).
     pub(super) async fn end(&self, entry: &JobEntry, status: JobStatus, error: Option<String>) {
         let progress = lock(&entry.run).as_ref().map(|run| percent(run.progress()));
+        if entry.record().status.is_terminal() {
+            return;
+        }
+        // Every pod's worker keeps its warnings in Redis before it
+        // publishes the filled unit, so once every unit is done they are
+        // all there: the terminal event and webhook carry every warning,
+        // whichever pod ends the job (while Redis is reachable).
+        self.gather_warnings(entry).await;
         let mut next = entry.record();
         if next.status.is_terminal() || !lock(&entry.ending).begin() {
             return;

@@ -49,5 +49,6 @@ pub(crate) fn plan(segments: usize) -> Plan {
             width: 640,
             height: 360,
         },
+        truncated: None,
     }
 }

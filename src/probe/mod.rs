@@ -38,8 +38,6 @@ pub enum ProbeError {
     NoVideo(String),
     #[error("source {0}: the video stream has no frames (truncated or corrupt?)")]
     NoFrames(String),
-    #[error("source {source_name}: truncated or damaged ({detail})")]
-    Truncated { source_name: String, detail: String },
     #[error("source {source_name}: video size {width}x{height} is not supported (at most {MAX_DIMENSION} per side)")]
     BadDimensions {
         source_name: String,
@@ -139,6 +137,10 @@ pub struct SourceInfo {
     pub start_time: f64,
     pub video: VideoInfo,
     pub audio: Vec<AudioInfo>,
+    /// What ffprobe said when the file ends before its last packet (a
+    /// cut-off upload): the frames listed are the ones there are.
+    #[serde(default)]
+    pub truncated: Option<String>,
 }
 
 /// Probes `source`, read through `fetch`: streams, then every packet
@@ -206,18 +208,15 @@ pub async fn probe(source: &Source, fetch: &SourceFetch) -> Result<SourceInfo, P
     )
     .await
     .map_err(run_error)?;
-    let info = with_frames(&source_name, info, &packets)?;
+    let mut info = with_frames(&source_name, info, &packets)?;
     // A cut-off upload still probes, but ffprobe says so on stderr (and
-    // exits 0): refuse it here rather than fail its last segment later.
-    if let Some(line) = warnings
+    // exits 0). The packets it listed are the ones before the cut: the job
+    // is planned on them and ends with a warning naming what is missing
+    // (an upload cut before its first frame has no packets: NoFrames).
+    info.truncated = warnings
         .lines()
         .find(|line| line.contains("partial file") || line.contains("truncat"))
-    {
-        return Err(ProbeError::Truncated {
-            source_name,
-            detail: input.explain(line.trim()),
-        });
-    }
+        .map(|line| input.explain(without_context(line.trim())));
     Ok(info)
 }
 
@@ -293,6 +292,18 @@ fn probe_args(input: &SourceInput, source: &Source, extra: &[&str]) -> Vec<OsStr
     args
 }
 
+/// An ffprobe log line without its `[mov,mp4,... @ 0x55d0c5f0a940] `
+/// prefix (the address differs every run; the plan must not).
+fn without_context(line: &str) -> &str {
+    match line
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once("] "))
+    {
+        Some((context, message)) if context.contains(" @ ") => message,
+        _ => line,
+    }
+}
+
 /// The demuxer named in ffprobe's `[hls @ 0x...] Format not on whitelist`.
 fn refused_format(stderr: &str) -> String {
     stderr
@@ -343,6 +354,16 @@ mod tests {
             "file:t.txt: Invalid data found when processing input"
         );
         assert_eq!(failure_reason(""), "ffprobe failed without a message");
+    }
+
+    #[test]
+    fn log_lines_lose_their_context_address() {
+        assert_eq!(
+            without_context("[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55a6cef5ca40] stream 0, offset 0x1d0047: partial file"),
+            "stream 0, offset 0x1d0047: partial file"
+        );
+        assert_eq!(without_context("partial file"), "partial file");
+        assert_eq!(without_context("[x] y"), "[x] y");
     }
 
     #[test]

@@ -133,6 +133,11 @@ impl Shared {
                 let check = guard.confirm().await;
                 if check != LeaseCheck::Lost {
                     job.packager.learn_codecs(&verified.codecs);
+                    // Before publishing: no pod sees the unit done without it.
+                    if let Some(filled) = &verified.filled {
+                        self.record_filled(&job, &batch, guard.leases(), filled)
+                            .await;
+                    }
                     return self.publish(&job, &batch, guard.leases(), check).await;
                 }
                 None

@@ -1,7 +1,7 @@
 //! One job the worker runs: its plan, its folder, its units' book, its
-//! playlists' packager and how it ended. Shared by the slots, requests and
-//! notices of this pod; the job manager and the CLI read its progress and
-//! wait for its outcome.
+//! playlists' packager, the warnings its outputs earned and how it ended.
+//! Shared by the slots, requests and notices of this pod; the job manager
+//! and the CLI read its progress and warnings and wait for its outcome.
 
 use super::schedule::JobPolicy;
 use super::units::UnitBook;
@@ -11,6 +11,7 @@ use crate::plan::{Plan, Unit};
 use crate::playlists::{Availability, Packager};
 use crate::storage::JobLayout;
 use crate::sync::lock;
+use crate::warning::{self, JobWarning};
 use crate::JobId;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,6 +38,9 @@ pub struct JobRun {
     book: Mutex<UnitBook>,
     /// Units done elsewhere that this pod cannot see on storage yet.
     pub(super) unseen: UnseenOutputs,
+    /// What this pod's outputs filled for a damaged source, and the plan's
+    /// own warning (a cut-off source).
+    warnings: Mutex<Vec<JobWarning>>,
     pub(super) outcome: watch::Sender<Option<JobOutcome>>,
 }
 
@@ -55,6 +59,7 @@ impl JobRun {
         let published = layout.published_units(&plan);
         let book = UnitBook::new(&plan, |unit| published.contains(unit), Instant::now());
         let (outcome, _) = watch::channel(None);
+        let warnings = super::warnings::plan_warnings(&plan);
         JobRun {
             packager: Packager::new(plan.clone(), layout.clone(), options.listing),
             skipped: book.progress().0,
@@ -67,6 +72,7 @@ impl JobRun {
             plays: AtomicBool::new(false),
             book: Mutex::new(book),
             unseen: UnseenOutputs::default(),
+            warnings: Mutex::new(warnings),
             outcome,
         }
     }
@@ -103,6 +109,19 @@ impl JobRun {
                     .count();
                 (r.name.clone(), done, total)
             })
+            .collect()
+    }
+
+    /// The warnings this pod knows of (sorted by time).
+    pub fn warnings(&self) -> Vec<JobWarning> {
+        lock(&self.warnings).clone()
+    }
+
+    /// Adds warnings; returns those that were new.
+    pub(super) fn add_warnings(&self, new: Vec<JobWarning>) -> Vec<JobWarning> {
+        let mut list = lock(&self.warnings);
+        new.into_iter()
+            .filter(|w| warning::merge(&mut list, [w.clone()]))
             .collect()
     }
 

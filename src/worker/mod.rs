@@ -10,7 +10,8 @@
 //!   [`outcome`]: done, failed, retried, playlists, the job's end;
 //! - [`health`]: the failure circuit; [`request`]: on-demand units;
 //!   [`notices`]: what other pods finished or gave back; [`unseen`]: units
-//!   done elsewhere that this pod's storage does not show yet.
+//!   done elsewhere that this pod's storage does not show yet;
+//! - [`warnings`]: what a damaged source made the outputs fill.
 //!
 //! It never parses requests or prints anything for a user.
 
@@ -31,6 +32,7 @@ mod schedule;
 mod slots;
 mod units;
 mod unseen;
+mod warnings;
 
 pub use encoder::{Encoder, Ffmpeg};
 pub use failure::{FailureKind, UnitFailure};
@@ -45,6 +47,7 @@ use crate::plan::{Plan, Unit};
 use crate::playlists::Listing;
 use crate::storage::{JobLayout, StorageError};
 use crate::sync::lock;
+use crate::warning::JobWarning;
 use crate::JobId;
 use health::FailureCircuit;
 use serde::Serialize;
@@ -112,6 +115,12 @@ pub enum WorkerEvent {
     },
     Playable {
         job: JobId,
+    },
+    /// New warnings of the job (what this pod's outputs filled for a
+    /// damaged source, or the plan's own when the job is added).
+    Warnings {
+        job: JobId,
+        warnings: Vec<JobWarning>,
     },
     Finished {
         job: JobId,
@@ -293,6 +302,12 @@ impl Worker {
             let mut jobs = lock(&shared.jobs);
             jobs.push(job.clone());
             jobs.sort_by_key(|job| (std::cmp::Reverse(job.options.priority), job.sequence));
+        }
+        let warnings = job.warnings();
+        if !warnings.is_empty() {
+            let _ = shared
+                .events
+                .send(WorkerEvent::Warnings { job: id, warnings });
         }
         shared.publish_playlists(&job).await;
         shared.maybe_finish(&job).await;

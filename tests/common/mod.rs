@@ -65,7 +65,9 @@ pub mod webhook;
 
 pub use self::redis::RedisServer;
 pub use cluster::{hold_wrapper, Cluster};
-pub use hls::{validate_hls, AudioTrackReport, HlsReport, RenditionReport};
+pub use hls::{
+    validate_hls, validate_hls_as_planned, AudioTrackReport, HlsReport, RenditionReport,
+};
 pub use media::{ffprobe_json, gen_clip, probe_source, ClipSpec, SourceMedia};
 pub use pod::{
     decode_errors, has_metric, metric_value, raw_get, wait_for, FfmpegWrapper, Pod, SseEvent,

@@ -106,6 +106,7 @@ mod tests {
                     playable: false,
                     error: None,
                     progress: Some(12.5),
+                    warnings: Vec::new(),
                 },
             }
         );
