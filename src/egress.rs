@@ -1,5 +1,6 @@
 //! Which network addresses segswarm connects to on a user's behalf: the
-//! http(s) URL of a source (read by ffmpeg) and a job's webhook URL.
+//! http(s) URL of a source (and every redirect it takes, fetched by the
+//! pod's own proxy, [`crate::fetch`]) and a job's webhook URL.
 //!
 //! A job submitter must not be able to make a pod fetch from its own
 //! loopback, the cloud metadata service (169.254.169.254) or the private
@@ -7,12 +8,13 @@
 //! allows private URLs (`SEGSWARM_ALLOW_PRIVATE_URLS=true`), a URL is
 //! accepted only when its host is, or resolves only to, public addresses.
 //!
-//! Limits, documented in `docs/configuration.md`: ffmpeg resolves the host
-//! again when it reads the source (a DNS answer that changes in between is
-//! not seen here) and follows HTTP redirects; pair this check with an egress
-//! network policy. Webhooks do not have these gaps: they are sent to the
-//! addresses checked here, without redirects.
+//! [`check_url`] resolves a host once and returns the addresses it checked;
+//! whoever connects connects to exactly those (pinned), so a DNS answer
+//! that changes after the check is never used. Source fetches and webhooks
+//! both do: ffmpeg and ffprobe never connect to a remote host themselves.
+//! This module only judges addresses; it never connects.
 
+use crate::config::TestNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 use url::{Host, Url};
@@ -26,6 +28,10 @@ pub enum EgressPolicy {
     /// Only public addresses (the default of a pod).
     #[default]
     PublicOnly,
+    /// Public addresses and those of one network inside 198.18.0.0/15
+    /// (`--egress-test-network`, for the tests of this check: see
+    /// [`TestNetwork`]).
+    PublicAndTestNetwork(TestNetwork),
     /// Any address: the pod runs on a trusted network
     /// (`SEGSWARM_ALLOW_PRIVATE_URLS=true`).
     AllowPrivate,
@@ -34,16 +40,32 @@ pub enum EgressPolicy {
 impl EgressPolicy {
     /// The policy for the `SEGSWARM_ALLOW_PRIVATE_URLS` setting.
     pub fn from_allow_private(allow_private: bool) -> EgressPolicy {
-        if allow_private {
-            EgressPolicy::AllowPrivate
-        } else {
-            EgressPolicy::PublicOnly
+        EgressPolicy::new(allow_private, None)
+    }
+
+    /// The policy for `SEGSWARM_ALLOW_PRIVATE_URLS` and a test network
+    /// (which changes nothing when private URLs are allowed anyway).
+    pub fn new(allow_private: bool, test_network: Option<TestNetwork>) -> EgressPolicy {
+        match (allow_private, test_network) {
+            (true, _) => EgressPolicy::AllowPrivate,
+            (false, Some(network)) => EgressPolicy::PublicAndTestNetwork(network),
+            (false, None) => EgressPolicy::PublicOnly,
+        }
+    }
+
+    /// Why `ip` is refused under this policy (the kind of address it is),
+    /// or `None` when it may be connected to.
+    pub fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
+        match self {
+            EgressPolicy::AllowPrivate => None,
+            EgressPolicy::PublicAndTestNetwork(network) if network.contains(ip) => None,
+            EgressPolicy::PublicAndTestNetwork(_) | EgressPolicy::PublicOnly => non_public_kind(ip),
         }
     }
 }
 
 /// Why a URL is refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum EgressError {
     #[error("not a valid http(s) URL ({0})")]
     Invalid(String),
@@ -75,9 +97,10 @@ pub fn parse_http_url(text: &str) -> Result<Url, EgressError> {
     Ok(url)
 }
 
-/// Checks `url`'s host under `policy`. Returns the addresses it resolved to
-/// (empty when the policy allows everything and nothing was resolved); a
-/// caller that connects itself should connect to exactly these.
+/// Checks `url`'s host under `policy`, resolving a name once. Returns the
+/// addresses it checked (empty when the policy allows everything and
+/// nothing was resolved); a caller that connects must connect to exactly
+/// these.
 pub async fn check_url(url: &Url, policy: EgressPolicy) -> Result<Vec<SocketAddr>, EgressError> {
     if policy == EgressPolicy::AllowPrivate {
         return Ok(Vec::new());
@@ -93,7 +116,7 @@ pub async fn check_url(url: &Url, policy: EgressPolicy) -> Result<Vec<SocketAddr
     // Every address must be public: a name with one public and one private
     // address would let the connection pick the private one.
     for addr in &addrs {
-        if let Some(kind) = non_public_kind(addr.ip()) {
+        if let Some(kind) = policy.refusal(addr.ip()) {
             return Err(EgressError::NotPublic {
                 host,
                 addr: addr.ip(),
@@ -273,5 +296,21 @@ mod tests {
         }
         let url = parse_http_url("http://93.184.215.14/a.mp4").unwrap();
         assert!(check_url(&url, EgressPolicy::PublicOnly).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_test_network_opens_only_itself() {
+        let policy = EgressPolicy::new(false, Some("198.18.161.4/30".parse().unwrap()));
+        let inside = parse_http_url("http://198.18.161.6/a.mp4").unwrap();
+        assert!(check_url(&inside, policy).await.is_ok());
+        for text in [
+            "http://198.18.161.2/a.mp4",
+            "http://127.0.0.1/a.mp4",
+            "http://169.254.169.254/",
+            "http://10.0.0.5/a.mp4",
+        ] {
+            let url = parse_http_url(text).unwrap();
+            assert!(check_url(&url, policy).await.is_err(), "{text}");
+        }
     }
 }

@@ -55,10 +55,23 @@ impl RunError {
         matches!(self, RunError::Canceled { .. })
     }
 
+    /// True when ffmpeg failed because not one frame reached its filter
+    /// graph before the input ended: the input decodes to nothing in the
+    /// range asked for. ffmpeg 5.1 then stops with `Cannot determine
+    /// format of input stream 0:0 after EOF` (it configures the graph from
+    /// the first decoded frame) instead of writing an empty output. Like
+    /// [`RunError::is_disk_full`], it reads ffmpeg's text, here and only
+    /// here.
+    pub fn decoded_nothing(&self) -> bool {
+        matches!(self, RunError::Failed { stderr, .. }
+            if stderr.contains("Cannot determine format of input stream")
+                && stderr.contains("after EOF"))
+    }
+
     /// True when the program failed because the disk was full or a quota
     /// exceeded. ffmpeg says so only in its stderr, with the C library's
     /// text for the errno (the same text `std::io::Error` prints), so this
-    /// is the one place that reads it.
+    /// (with [`RunError::decoded_nothing`]) is where ffmpeg's text is read.
     pub fn is_disk_full(&self) -> bool {
         let RunError::Failed { stderr, .. } = self else {
             return false;
@@ -81,20 +94,32 @@ pub struct RunControl {
     pub stall_timeout: Duration,
     /// Receives the time of the latest progress line (lease renewal reads it).
     pub progress: Option<watch::Sender<Instant>>,
-    /// Told the child's pid once it is spawned, so that its CPU time can be
-    /// read while it runs. Dropped when the run ends, after the child has
-    /// exited: a receiver that finds it closed knows the process is gone.
+    /// Told the pid of each child once it is spawned (a batch may run more
+    /// than one, one after the other), so that its CPU time can be read
+    /// while it runs. Dropped by its owner when its runs have ended, after
+    /// the last child has exited: a receiver that finds it closed knows the
+    /// processes are gone.
     pub pid: Option<watch::Sender<Option<u32>>>,
+}
+
+/// What a successful ffmpeg run leaves besides its outputs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOutput {
+    /// The tail of its stderr. At `-v error` a run whose input decodes
+    /// cleanly prints nothing; a damaged input makes the decoder complain
+    /// here while the run still succeeds.
+    pub stderr: String,
 }
 
 /// Runs `ffmpeg` with `args` (which must not include `-progress`) at
 /// `niceness` (0: the pod's own priority; higher: yields the CPU to others),
-/// watching its progress. Returns its stdout-less success or a [`RunError`].
+/// watching its progress. Returns its stderr's tail on success, or a
+/// [`RunError`].
 pub async fn run_ffmpeg(
     args: Vec<OsString>,
     niceness: i32,
-    control: RunControl,
-) -> Result<(), RunError> {
+    control: &RunControl,
+) -> Result<RunOutput, RunError> {
     const PROGRAM: &str = "ffmpeg";
     let mut command = child_command(PROGRAM);
     if niceness != 0 {
@@ -105,10 +130,7 @@ pub async fn run_ffmpeg(
         .spawn()
         .map_err(|source| spawn_error(PROGRAM, source))?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
-    // Held to the end of this function: its drop tells that the child has
-    // exited.
-    let pid_report = control.pid;
-    if let Some(report) = &pid_report {
+    if let Some(report) = &control.pid {
         report.send_replace(child.id());
     }
     let stdout = child.stdout.take();
@@ -124,7 +146,7 @@ pub async fn run_ffmpeg(
     });
 
     let (last_tx, last_rx) = watch::channel(Instant::now());
-    let progress = control.progress;
+    let progress = control.progress.clone();
     let progress_task = tokio::spawn(async move {
         let Some(stdout) = stdout else { return };
         let mut lines = BufReader::new(stdout).lines();
@@ -172,7 +194,7 @@ pub async fn run_ffmpeg(
     let _ = progress_task.await;
     let stderr = stderr_task.await.unwrap_or_default();
     if status.success() {
-        Ok(())
+        Ok(RunOutput { stderr })
     } else {
         Err(RunError::Failed {
             program: PROGRAM,

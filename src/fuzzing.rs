@@ -89,6 +89,7 @@ pub fn submit_request(input: &[u8]) {
         prefetch_segments: 3,
         segment_wait: Duration::from_secs(1),
         egress: crate::egress::EgressPolicy::PublicOnly,
+        fetch: crate::fetch::SourceFetch::new(crate::egress::EgressPolicy::PublicOnly),
     };
     let Ok(spec) = request.validate(&settings) else {
         return;

@@ -156,6 +156,11 @@ pub fn parse_media_playlist(bytes: &[u8]) -> Result<MediaPlaylist, String> {
     m3u8_rs::parse_media_playlist_res(bytes).map_err(|e| format!("{e:?}"))
 }
 
+/// Parses a master playlist; the error says why not.
+pub fn parse_master_playlist(bytes: &[u8]) -> Result<MasterPlaylist, String> {
+    m3u8_rs::parse_master_playlist_res(bytes).map_err(|e| format!("{e:?}"))
+}
+
 /// The last path component of a playlist URI.
 pub fn file_name(uri: &str) -> String {
     uri.rsplit('/').next().unwrap_or(uri).to_string()

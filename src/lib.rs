@@ -18,6 +18,7 @@ mod config;
 mod coord;
 mod egress;
 mod encode;
+mod fetch;
 mod ffmpeg;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -34,6 +35,7 @@ mod source;
 mod storage;
 mod sync;
 mod transcode;
+mod warning;
 mod watch;
 mod webhook;
 mod worker;
@@ -44,6 +46,7 @@ pub type JobId = uuid::Uuid;
 // Running segswarm: a pod, a one-off transcode, and what they report.
 pub use pod::{serve, PodError};
 pub use transcode::{Transcode, TranscodeConfig, TranscodeError};
+pub use warning::{JobWarning, WarningKind};
 pub use worker::{FailureKind, JobOutcome, JobRun, UnitFailure, WorkerEvent};
 
 /// The validated settings a pod and a transcode are made from.
@@ -51,7 +54,7 @@ pub mod settings {
     pub use crate::config::{
         validate_max_attempts, validate_preset, validate_segment_duration, worker_id_or_hostname,
         ClaimTtl, ConfigError, EncodeSettings, Ladder, LogFormat, PodConfig, RunSettings, Rung,
-        Slots, DEFAULT_SEGMENT_DURATION,
+        Slots, TestNetwork, DEFAULT_SEGMENT_DURATION,
     };
 }
 
@@ -68,8 +71,10 @@ pub mod coordination {
 /// The encoding pipeline's pieces, for tests and benchmarks that drive or
 /// time one step.
 pub mod pipeline {
+    pub use crate::egress::EgressPolicy;
     pub use crate::encode::mpegts::{self, TsError, TsSegment};
-    pub use crate::encode::{Batch, EncodeError, Verified, VideoOutput};
+    pub use crate::encode::{AudioGap, Batch, EncodeError, Filled, Verified, VideoOutput};
+    pub use crate::fetch::{FetchError, SourceFetch, SourceInput};
     pub use crate::ffmpeg::{RunControl, RunError};
     pub use crate::plan::{Plan, PlanError, Rendition, Segment, Unit};
     pub use crate::probe::{probe, ProbeError, SourceInfo};

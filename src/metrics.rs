@@ -5,8 +5,8 @@
 //! metric. It never decides anything from a metric's value.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric of a pod.
@@ -23,6 +23,11 @@ pub struct Metrics {
     pub bytes_written: IntCounter,
     pub leases_lost: IntCounter,
     pub completed_after_loss: IntCounter,
+    /// Units this pod encoded whose output another writer had published
+    /// first (its copy dropped), by unit kind.
+    pub duplicate_outputs: IntCounterVec,
+    /// Units published while their lease could not be confirmed.
+    pub unconfirmed_publishes: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
     pub jobs: IntGaugeVec,
@@ -46,6 +51,12 @@ pub struct Metrics {
     pub redis_up: IntGauge,
     pub mode: IntGaugeVec,
     pub fallbacks: IntCounter,
+    /// Video frames repeated in published segments because the source did
+    /// not decode to them, by rendition.
+    pub filled_frames: IntCounterVec,
+    /// Seconds of silence put in audio tracks where the source's audio did
+    /// not decode.
+    pub filled_silence: Counter,
 }
 
 fn buckets_seconds() -> Vec<f64> {
@@ -109,6 +120,20 @@ impl Metrics {
         let completed_after_loss = IntCounter::new(
             "segswarm_completed_after_lease_loss_total",
             "Units completed after their lease had been lost",
+        )?;
+        let duplicate_outputs = IntCounterVec::new(
+            Opts::new(
+                "segswarm_duplicate_outputs_total",
+                "Units encoded here whose output another writer had already published (this copy dropped)",
+            ),
+            &["kind"],
+        )?;
+        for kind in ["video", "audio", "thumbnail"] {
+            duplicate_outputs.with_label_values(&[kind]);
+        }
+        let unconfirmed_publishes = IntCounter::new(
+            "segswarm_unconfirmed_publishes_total",
+            "Units published while their lease could not be confirmed (Redis away, local claims)",
         )?;
         let http_requests = IntCounterVec::new(
             Opts::new(
@@ -204,8 +229,21 @@ impl Metrics {
             "segswarm_fallbacks_total",
             "Switches from Redis to local coordination because Redis was unreachable",
         )?;
+        let filled_frames = IntCounterVec::new(
+            Opts::new(
+                "segswarm_filled_frames_total",
+                "Video frames repeated in published segments where a damaged source did not decode, by rendition",
+            ),
+            &["rendition"],
+        )?;
+        let filled_silence = Counter::new(
+            "segswarm_filled_silence_seconds_total",
+            "Seconds of silence put in audio tracks where a damaged source's audio did not decode",
+        )?;
         for collector in [
             Box::new(units_completed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(filled_frames.clone()),
+            Box::new(filled_silence.clone()),
             Box::new(mode.clone()),
             Box::new(fallbacks.clone()),
             Box::new(units_failed.clone()),
@@ -217,6 +255,8 @@ impl Metrics {
             Box::new(bytes_written.clone()),
             Box::new(leases_lost.clone()),
             Box::new(completed_after_loss.clone()),
+            Box::new(duplicate_outputs.clone()),
+            Box::new(unconfirmed_publishes.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_request_seconds.clone()),
             Box::new(jobs.clone()),
@@ -246,6 +286,8 @@ impl Metrics {
             bytes_written,
             leases_lost,
             completed_after_loss,
+            duplicate_outputs,
+            unconfirmed_publishes,
             http_requests,
             http_request_seconds,
             jobs,
@@ -262,6 +304,8 @@ impl Metrics {
             redis_up,
             mode,
             fallbacks,
+            filled_frames,
+            filled_silence,
         })
     }
 

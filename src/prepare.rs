@@ -5,10 +5,11 @@
 //! there is one way a plan comes into being. It never encodes anything.
 
 use crate::config::EncodeSettings;
+use crate::fetch::SourceFetch;
 use crate::plan::{Plan, PlanError};
 use crate::probe::{probe, ProbeError};
 use crate::source::Source;
-use crate::storage::{read_plan, write_plan, JobLayout, PlanFileError, StorageError};
+use crate::storage::{read_plan, write_plan, JobLayout, PlanFileError, Published, StorageError};
 use crate::JobId;
 use std::path::PathBuf;
 
@@ -37,36 +38,60 @@ pub struct Prepared {
 }
 
 /// Reads the job in `layout` if it is the same source and settings,
-/// otherwise probes and plans it and writes `job.json`.
+/// otherwise probes it (a URL through `fetch`), plans it and writes
+/// `job.json`.
 pub async fn prepare(
     layout: &JobLayout,
     source: Source,
     settings: EncodeSettings,
     new_id: JobId,
+    fetch: &SourceFetch,
 ) -> Result<Prepared, PrepareError> {
-    if let Some(plan) = read_plan(layout)? {
-        if plan.source == source && plan.settings == settings {
-            return Ok(Prepared {
-                plan,
-                resumed: true,
-            });
-        }
-        return Err(PrepareError::OtherJob {
-            dir: layout.dir().to_path_buf(),
-            existing: format!(
-                "source {}, ladder {}, {} s segments",
-                plan.source, plan.settings.ladder, plan.settings.segment_duration
-            ),
+    if let Some(plan) = stored_plan(layout, &source, &settings)? {
+        return Ok(Prepared {
+            plan,
+            resumed: true,
         });
     }
-    let info = probe(&source).await?;
+    let info = probe(&source, fetch).await?;
     let source_name = source.to_string();
     let plan = Plan::new(new_id, source, settings, &info)
         .map_err(|error| PrepareError::Plan { source_name, error })?;
     layout.create_dirs(&plan)?;
-    write_plan(layout, &plan)?;
+    if write_plan(layout, &plan)? == Published::AlreadyThere {
+        // Another writer planned this folder first: `job.json` is never
+        // replaced, so its plan is the job's.
+        if let Some(stored) = stored_plan(layout, &plan.source, &plan.settings)? {
+            return Ok(Prepared {
+                plan: stored,
+                resumed: true,
+            });
+        }
+    }
     Ok(Prepared {
         plan,
         resumed: false,
+    })
+}
+
+/// The plan in `layout`'s `job.json`, if there is one for `source` and
+/// `settings`; an error if it is another job's.
+fn stored_plan(
+    layout: &JobLayout,
+    source: &Source,
+    settings: &EncodeSettings,
+) -> Result<Option<Plan>, PrepareError> {
+    let Some(plan) = read_plan(layout)? else {
+        return Ok(None);
+    };
+    if plan.source == *source && plan.settings == *settings {
+        return Ok(Some(plan));
+    }
+    Err(PrepareError::OtherJob {
+        dir: layout.dir().to_path_buf(),
+        existing: format!(
+            "source {}, ladder {}, {} s segments",
+            plan.source, plan.settings.ladder, plan.settings.segment_duration
+        ),
     })
 }

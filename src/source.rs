@@ -1,10 +1,12 @@
 //! What a job reads from: a local file or an http(s) URL.
 //!
 //! Owns the checks that happen before ffmpeg ever sees a source (scheme,
-//! existence, allowed roots, the address a URL points at) and the protocol
-//! and format whitelists ffprobe and ffmpeg get for it, so that a hostile
-//! source cannot make them read local files, other hosts or other
-//! protocols. It never opens or writes the source itself.
+//! existence, allowed roots, the address a URL points at) and the format
+//! whitelist ffprobe and ffmpeg get for it, so that a hostile source cannot
+//! make them open playlists of other files or hosts. What they are given as
+//! `-i`, and with which protocols, is [`crate::fetch`]'s: a URL is read
+//! through the pod's own proxy, never by ffmpeg itself. It never opens or
+//! writes the source itself.
 
 use crate::egress::{self, EgressError, EgressPolicy};
 use serde::{Deserialize, Serialize};
@@ -50,7 +52,8 @@ h264,hevc,m4v,mpegvideo,obu,yuv4mpegpipe,gif";
 pub enum Source {
     /// A local file, canonicalized.
     File(PathBuf),
-    /// An http or https URL read by ffmpeg directly.
+    /// An http or https URL, read through the pod's proxy
+    /// ([`crate::fetch`]).
     Url(String),
 }
 
@@ -68,7 +71,7 @@ impl Source {
             let scheme = scheme.to_ascii_lowercase();
             return if scheme == "http" || scheme == "https" {
                 // Keep the normalised form: it is what the host check in
-                // `check_egress` looked at, so ffmpeg connects to that host.
+                // `check_egress` looked at, and what the proxy fetches.
                 let url = egress::parse_http_url(text).map_err(|error| SourceError::Url {
                     url: text.to_string(),
                     error,
@@ -142,24 +145,6 @@ impl Source {
                 egress::check_url(&url, policy).await.map_err(url_error)?;
                 Ok(())
             }
-        }
-    }
-
-    /// What to pass to ffmpeg's `-i`.
-    pub fn ffmpeg_input(&self) -> String {
-        match self {
-            // `file:` keeps a path that contains a colon from being read as
-            // a protocol.
-            Source::File(path) => format!("file:{}", path.display()),
-            Source::Url(url) => url.clone(),
-        }
-    }
-
-    /// The protocols ffmpeg may use while reading this source.
-    pub fn protocol_whitelist(&self) -> &'static str {
-        match self {
-            Source::File(_) => "file",
-            Source::Url(_) => "http,https,tcp,tls",
         }
     }
 

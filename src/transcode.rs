@@ -9,6 +9,7 @@
 use crate::config::{EncodeSettings, RunSettings};
 use crate::coord::{Coordinator, LocalCoordinator};
 use crate::egress::EgressPolicy;
+use crate::fetch::SourceFetch;
 use crate::ffmpeg::RunError;
 use crate::metrics::Metrics;
 use crate::prepare::{prepare, PrepareError};
@@ -53,6 +54,7 @@ pub enum TranscodeError {
 /// A running transcode.
 pub struct Transcode {
     worker: Worker,
+    fetch: SourceFetch,
     job: Arc<JobRun>,
     resumed: bool,
 }
@@ -65,27 +67,40 @@ impl Transcode {
         config: TranscodeConfig,
     ) -> Result<(Transcode, broadcast::Receiver<WorkerEvent>), TranscodeError> {
         let source = Source::parse(&config.input, None)?;
-        source
-            .check_egress(EgressPolicy::from_allow_private(config.allow_private_urls))
-            .await?;
+        let egress = EgressPolicy::from_allow_private(config.allow_private_urls);
+        source.check_egress(egress).await?;
         crate::ffmpeg::check_installed().await?;
         std::fs::create_dir_all(&config.out_dir).map_err(|e| {
             TranscodeError::OutDir(StorageError::new("creating", &config.out_dir, e))
         })?;
         let layout = JobLayout::new(&config.out_dir);
-        let prepared = prepare(&layout, source, config.settings, uuid::Uuid::new_v4()).await?;
+        let fetch = SourceFetch::new(egress);
+        let prepared = prepare(
+            &layout,
+            source,
+            config.settings,
+            uuid::Uuid::new_v4(),
+            &fetch,
+        )
+        .await?;
         // Nobody else writes into this folder: leftovers of a killed run are
         // safe to remove.
         let _ = std::fs::remove_dir_all(layout.tmp_dir());
         let coord: Arc<dyn Coordinator> = Arc::new(LocalCoordinator::new(config.run.claim_ttl));
         let metrics = Arc::new(Metrics::new()?);
-        let worker = Worker::start(WorkerSettings::new("local", config.run), coord, metrics);
+        let worker = Worker::start(
+            WorkerSettings::new("local", config.run),
+            coord,
+            metrics,
+            fetch.clone(),
+        );
         let events = worker.subscribe();
         let job = worker
             .add_job(Arc::new(prepared.plan), layout, JobOptions::default())
             .await?;
         let transcode = Transcode {
             worker,
+            fetch,
             job,
             resumed: prepared.resumed,
         };
@@ -116,6 +131,7 @@ impl Transcode {
     /// interruption, running the same command again resumes.
     pub async fn stop(&self) {
         self.worker.shutdown().await;
+        self.fetch.shutdown();
         // Nothing is in progress any more; an empty .tmp/ is just clutter
         // (one that still holds files is left for the next run to clear).
         let _ = std::fs::remove_dir(self.job.layout.tmp_dir());

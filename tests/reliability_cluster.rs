@@ -4,6 +4,8 @@
 //! - chaos: a pod is killed with SIGKILL and replaced every 2-3 s;
 //! - a pod frozen with SIGSTOP past its lease, then resumed: another pod
 //!   takes its unit over and the resumed pod publishes nothing;
+//! - two pods racing one unit (one of them cut off from Redis by a
+//!   black-hole proxy): one file, never replaced, the loser counted;
 //! - Redis down for 10 s mid-job (back with its data, or back empty) and
 //!   FLUSHALL mid-job: units finished before the fault are never encoded
 //!   again.
@@ -25,10 +27,12 @@ use serde_json::json;
 use common::cluster::{
     claims, done_units, job_id, output_stamps, traced_wrapper, unit_count, wait_planned, Encode,
 };
+use common::proxy::CutProxy;
 use common::{
     ffmpeg_processes_mentioning, gen_clip, metric_value, validate_hls, wait_for, ClipSpec, Cluster,
     FfmpegWrapper, TestDir,
 };
+use std::os::unix::fs::MetadataExt;
 
 const JOB_LIMIT: Duration = Duration::from_secs(240);
 
@@ -486,6 +490,217 @@ async fn sigstopped_pod_whose_encode_finished_meanwhile_publishes_nothing() {
         "pod-a's finished outputs of segment 1 are not in .tmp"
     );
     resume_and_check_nothing_published(frozen).await;
+}
+
+/// Waits until `pod` reports `name{labels} >= at_least`; returns how long
+/// that took, or None after `limit`.
+async fn wait_pod_metric(
+    pod: &common::Pod,
+    name: &str,
+    labels: &[(&str, &str)],
+    at_least: f64,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if metric_value(&pod.metrics().await, name, labels).unwrap_or(0.0) >= at_least {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Two pods encode the same unit and both try to publish it. pod-a's
+/// encode of segment 1 (both renditions, one batch) is held by its wrapper;
+/// pod-a is then cut off from Redis (a black-hole proxy: its packets
+/// vanish, as with an iptables DROP), so its claims expire and pod-b takes
+/// segment 1 over and publishes it. Then pod-a's encode runs to the end,
+/// while pod-a coordinates locally. Its copy must not replace pod-b's:
+/// each file keeps its inode from the first publish to the end of the test,
+/// and pod-a counts two duplicates and two publishes it could not confirm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pods_racing_one_unit_publish_one_file_and_count_the_loser() {
+    let dir = TestDir::new("race");
+    let source = dir.join("source.mp4");
+    gen_clip(&source, &ClipSpec::new(8.0).size(640, 360));
+    let log = dir.join("encodes.log");
+    // Held until released below; at most 50 s, under the 60 s stall timeout.
+    let hold = Some(("seg_00001", Duration::from_secs(50)));
+    let wrapper_a = traced_wrapper(&dir.join("wrap-a"), &log, hold);
+    let wrapper_b = traced_wrapper(&dir.join("wrap-b"), &log, None);
+    let ttl = Duration::from_millis(3000);
+    let mut cluster = Cluster::new(dir.path())
+        .env("SEGSWARM_SLOTS", "1")
+        .env("SEGSWARM_CLAIM_TTL_MS", ttl.as_millis().to_string());
+    let redis_addr = format!("127.0.0.1:{}", cluster.redis.port());
+    let proxy = CutProxy::start(redis_addr.parse().unwrap());
+    let builder = cluster
+        .builder("pod-a")
+        .path_prefix(&wrapper_a.bin_dir)
+        .env("REDIS_URL", proxy.url());
+    cluster.start_with("pod-a", builder).await;
+    let pod_a = cluster.pod("pod-a").pid();
+    let job = cluster
+        .pod("pod-a")
+        .submit(json!({ "source": source.to_str().unwrap() }))
+        .await;
+    let id = job_id(&job);
+    let units = unit_count(&wait_planned(cluster.pod("pod-a"), &id).await);
+    let encode_of = |pod: u32| {
+        wrapper_a
+            .encodes()
+            .into_iter()
+            .find(|e| e.pod_pid == pod && e.units.iter().any(|u| u == SEGMENT_1[0]))
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), || encode_of(pod_a).is_some()).await,
+        "pod-a never started segment 1\n{}",
+        cluster.logs()
+    );
+    let held = encode_of(pod_a).expect("pod-a's segment 1 encode");
+    assert_eq!(held.units, SEGMENT_1, "pod-a's batch for segment 1");
+
+    // pod-b does everything else, then finds segment 1 held by pod-a.
+    start_traced(&mut cluster, "pod-b", &wrapper_b).await;
+    let pod_b = cluster.pod("pod-b").pid();
+    assert!(
+        wait_for(JOB_LIMIT, || done_units(&cluster, &id).len()
+            == units - SEGMENT_1.len())
+        .await,
+        "the units besides segment 1 were not done: {:?}\n{}",
+        done_units(&cluster, &id),
+        cluster.logs()
+    );
+    proxy.cut();
+    let cut_at = Instant::now();
+    let job_dir = cluster.job_dir(&id);
+    let targets: Vec<std::path::PathBuf> = ["240p", "360p"]
+        .iter()
+        .map(|r| job_dir.join(r).join("seg_00001.ts"))
+        .collect();
+    assert!(
+        wait_for(Duration::from_secs(60), || targets
+            .iter()
+            .all(|t| t.is_file()))
+        .await,
+        "pod-b did not take segment 1 over from the cut-off pod-a\n{}",
+        cluster.logs()
+    );
+    let taken_over = cut_at.elapsed();
+    let stamp = |path: &Path| {
+        let meta = std::fs::metadata(path).expect("published segment");
+        (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.len())
+    };
+    let first: Vec<_> = targets.iter().map(|t| stamp(t)).collect();
+    assert!(
+        !finished(held.pid),
+        "pod-a's held encode ended before pod-b published: the race did not happen"
+    );
+    // Alone or in pieces (near a job's end a slot may claim one rendition).
+    let b_made = |unit: &str| {
+        wrapper_b
+            .encodes()
+            .iter()
+            .any(|e| e.pod_pid == pod_b && e.units.iter().any(|u| u == unit))
+    };
+    assert!(
+        SEGMENT_1.iter().all(|unit| b_made(unit)),
+        "segment 1 is on storage but pod-b never encoded it: {:?}",
+        wrapper_b.encodes()
+    );
+
+    // pod-a finishes its own copy while it coordinates locally.
+    let pod = cluster.pod("pod-a");
+    let local = [("mode", "local")];
+    assert!(
+        wait_pod_metric(pod, "segswarm_mode", &local, 1.0, Duration::from_secs(20))
+            .await
+            .is_some(),
+        "pod-a did not fall back to local mode after the cut\n{}",
+        pod.log_text()
+    );
+    wrapper_a.release_holds();
+    let released = Instant::now();
+    while !finished(held.pid) {
+        assert!(
+            released.elapsed() < Duration::from_secs(60),
+            "pod-a's released encode did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let video = [("kind", "video")];
+    // Measured from the end of pod-a's ffmpeg: verification, the lease
+    // check and the publish, with Redis unreachable.
+    let counted = wait_pod_metric(
+        pod,
+        "segswarm_duplicate_outputs_total",
+        &video,
+        2.0,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "pod-a did not count its copies of segment 1 as duplicates\n{}",
+            pod.log_text()
+        )
+    });
+    let metrics = pod.metrics().await;
+    let value =
+        |name: &str, labels: &[(&str, &str)]| metric_value(&metrics, name, labels).unwrap_or(0.0);
+    assert_eq!(value("segswarm_duplicate_outputs_total", &video), 2.0);
+    assert!(
+        value("segswarm_unconfirmed_publishes_total", &[]) >= 2.0,
+        "pod-a published without a confirmed lease and did not count it\n{metrics}"
+    );
+    let now: Vec<_> = targets.iter().map(|t| stamp(t)).collect();
+    assert_eq!(now, first, "the late copy replaced pod-b's segment 1");
+    assert_eq!(
+        segment_1_leftovers(&job_dir),
+        Vec::<String>::new(),
+        "pod-a's dropped copies were left in .tmp"
+    );
+
+    // Back together: the job ends done everywhere, segment 1 untouched.
+    proxy.restore();
+    let pod = cluster.pod("pod-a");
+    assert!(
+        wait_pod_metric(
+            pod,
+            "segswarm_mode",
+            &[("mode", "distributed")],
+            1.0,
+            JOB_LIMIT
+        )
+        .await
+        .is_some(),
+        "pod-a did not come back to Redis\n{}",
+        pod.log_text()
+    );
+    for (name, job) in cluster
+        .wait_status_everywhere(&id, &["done", "partial", "failed"], Duration::from_secs(60))
+        .await
+    {
+        assert_eq!(job["status"], "done", "{name}: {job}\n{}", cluster.logs());
+    }
+    let b_metrics = cluster.pod("pod-b").metrics().await;
+    assert_eq!(
+        metric_value(&b_metrics, "segswarm_duplicate_outputs_total", &video),
+        Some(0.0),
+        "pod-b published first and lost nothing"
+    );
+    let end: Vec<_> = targets.iter().map(|t| stamp(t)).collect();
+    assert_eq!(end, first, "segment 1 was replaced after pod-a came back");
+    eprintln!(
+        "FIGURE: race: claim TTL {} ms: pod-b published segment 1 {:.2} s after pod-a was cut \
+         off; pod-a counted its 2 late copies as duplicates {:.0} ms after its ffmpeg ended \
+         (check, lease check with Redis unreachable, publish); both files kept their inode",
+        ttl.as_millis(),
+        taken_over.as_secs_f64(),
+        counted.as_secs_f64() * 1000.0
+    );
+    validate_hls(&job_dir, &source);
 }
 
 /// What happens to Redis mid-job.

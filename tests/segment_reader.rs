@@ -11,7 +11,8 @@ use common::{
     TestDir,
 };
 use segswarm::pipeline::{
-    mpegts, probe, Batch, Plan, Rendition, RunControl, Segment, Source, TsSegment, VideoOutput,
+    mpegts, probe, Batch, EgressPolicy, Plan, Rendition, RunControl, Segment, Source, SourceFetch,
+    TsSegment, VideoOutput,
 };
 use segswarm::settings::EncodeSettings;
 use segswarm::JobId;
@@ -246,13 +247,18 @@ fn a_file_that_starts_on_a_non_idr_frame_reads_as_such() {
 /// A plan for `source` with these renditions and 2 s segments.
 async fn plan_for(source: &Path, ladder: &str) -> Plan {
     let parsed = Source::parse(&source.display().to_string(), None).expect("source");
-    let info = probe(&parsed).await.expect("probe");
+    let info = probe(&parsed, &local_fetch()).await.expect("probe");
     let settings = EncodeSettings {
         ladder: ladder.parse().expect("ladder"),
         segment_duration: 2,
         ..EncodeSettings::default()
     };
     Plan::new(JobId::new_v4(), parsed, settings, &info).expect("plan")
+}
+
+/// What reads the (local) sources of these tests: the pod's own fetch.
+fn local_fetch() -> SourceFetch {
+    SourceFetch::new(EgressPolicy::default())
 }
 
 fn control() -> RunControl {
@@ -282,11 +288,13 @@ fn video_batch(plan: &Plan, segment: &Segment, dir: &Path) -> Batch {
 /// which verification must pass, and checks what it learned against
 /// ffprobe. Returns the segment files, per segment then rendition.
 async fn encode_all(plan: &Plan, dir: &Path) -> Vec<Vec<PathBuf>> {
+    let fetch = local_fetch();
+    let input = fetch.open(&plan.source).await.expect("open the source");
     let mut files = Vec::new();
     for segment in &plan.segments {
         let batch = video_batch(plan, segment, dir);
         let verified = batch
-            .run(plan, control())
+            .run(plan, &input, control())
             .await
             .unwrap_or_else(|e| panic!("segment {}: {e}", segment.index));
         let Batch::Video { outputs, .. } = &batch else {

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 // Everything this file uses from the library.
 use segswarm::{
-    pipeline::{probe, Batch, Plan, RunControl, Source, VideoOutput},
+    pipeline::{probe, Batch, EgressPolicy, Plan, RunControl, Source, SourceFetch, VideoOutput},
     settings::EncodeSettings,
     JobId,
 };
@@ -32,13 +32,15 @@ pub async fn run(args: &PlayableArgs) -> anyhow::Result<Report> {
     let scratch = TestDir::new("bench-playable");
     let source = real_pod::clip(&scratch, 1920, 1080, args.seconds)?;
     let parsed = Source::parse(&source.display().to_string(), None)?;
-    let info = probe(&parsed).await?;
+    let fetch = SourceFetch::new(EgressPolicy::default());
+    let info = probe(&parsed, &fetch).await?;
     let plan = Plan::new(JobId::new_v4(), parsed, EncodeSettings::default(), &info)?;
     let lowest = plan
         .renditions
         .first()
         .cloned()
         .context("the plan has no rendition")?;
+    let input = fetch.open(&plan.source).await?;
     for run in 0..args.repeat.max(1) {
         // One lowest-rendition segment, encoded alone.
         let batch = Batch::Video {
@@ -52,6 +54,7 @@ pub async fn run(args: &PlayableArgs) -> anyhow::Result<Report> {
         batch
             .run(
                 &plan,
+                &input,
                 RunControl {
                     cancel: CancellationToken::new(),
                     stall_timeout: Duration::from_secs(60),

@@ -111,6 +111,7 @@ fn simulated_plan(duration: f64) -> anyhow::Result<Plan> {
             language: Some("eng".into()),
             title: None,
         }],
+        truncated: None,
     };
     let source = Source::File(PathBuf::from("/simulated/source-1080p30.mp4"));
     Ok(Plan::new(

@@ -240,7 +240,10 @@ impl Encoder for SleepEncoder {
             video: matches!(batch, Batch::Video { .. }),
             what: batch.describe(),
         });
-        result.map(|()| Verified { codecs })
+        result.map(|()| Verified {
+            codecs,
+            filled: None,
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 // Everything this file uses from the library.
 use segswarm::{
-    pipeline::{probe, Batch, Plan, RunControl, Source, VideoOutput},
+    pipeline::{probe, Batch, EgressPolicy, Plan, RunControl, Source, SourceFetch, VideoOutput},
     settings::EncodeSettings,
     JobId,
 };
@@ -44,7 +44,8 @@ pub async fn run(args: &VerifyArgs) -> anyhow::Result<Report> {
     let seconds = f64::from(args.segments.max(1) * args.segment_seconds);
     gen_clip(&source, &ClipSpec::new(seconds).size(width, height));
     let parsed = Source::parse(&source.display().to_string(), None)?;
-    let info = probe(&parsed).await?;
+    let fetch = SourceFetch::new(EgressPolicy::default());
+    let info = probe(&parsed, &fetch).await?;
     let settings = EncodeSettings {
         ladder: format!("{height}p").parse()?,
         segment_duration: args.segment_seconds,
@@ -56,6 +57,7 @@ pub async fn run(args: &VerifyArgs) -> anyhow::Result<Report> {
         .first()
         .cloned()
         .context("the plan has no rendition")?;
+    let input = fetch.open(&plan.source).await?;
     let mut batches = Vec::new();
     for segment in &plan.segments {
         let batch = Batch::Video {
@@ -71,7 +73,7 @@ pub async fn run(args: &VerifyArgs) -> anyhow::Result<Report> {
             progress: None,
             pid: None,
         };
-        batch.run(&plan, control).await?;
+        batch.run(&plan, &input, control).await?;
         batches.push(batch);
     }
     let bytes: u64 = batches

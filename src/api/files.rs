@@ -1,11 +1,14 @@
 //! `/hls/{id}/...`: a job's HLS files, with the right content types, cache
 //! headers, Range support and CORS. A request for a planned file that does
-//! not exist yet makes it (on demand). Nothing outside the job's folder is
+//! not exist yet makes it (on demand), and one that comes before the job is
+//! planned waits for the plan ([`crate::jobs::JobManager::ready_file`]
+//! decides; 503 with `Retry-After` when it is not there in time). Nothing outside the job's folder is
 //! reachable: names are checked, `.tmp` and dot files are refused, and the
 //! resolved path must stay inside the folder (symlinks).
 
 use super::openapi::FileBytes;
 use super::{ApiError, AppState, ErrorBody};
+use crate::jobs::FileError;
 use crate::worker::RequestError;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -95,40 +98,15 @@ pub(super) async fn serve(
     let not_found = || ApiError::not_found("no such file");
     let id = crate::JobId::parse_str(&id).map_err(|_| not_found())?;
     let kind = content_type(&path).ok_or_else(not_found)?;
-    if !is_safe_path(&path) || !state.manager.knows(id) {
+    if !is_safe_path(&path) {
         return Err(not_found());
     }
+    let file = match state.manager.ready_file(id, &path).await {
+        Ok(file) => file,
+        Err(err) if err.is_retryable() => return Ok(try_again(err.to_string())),
+        Err(err) => return Err(file_error(&path, err)),
+    };
     let dir = state.manager.job_dir(id);
-    let file = dir.join(&path);
-    if !file.is_file() {
-        state
-            .manager
-            .ensure_file(id, &path)
-            .await
-            .map_err(|err| match err {
-                RequestError::NotRunning(_)
-                | RequestError::NotPlanned(_)
-                | RequestError::Canceled => not_found(),
-                RequestError::Timeout(_) => ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "not_ready",
-                    format!("{path} was not ready in time; try again"),
-                ),
-                RequestError::Paused(_) => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "paused",
-                    format!("{err}; try another pod"),
-                ),
-                RequestError::ShuttingDown => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting_down",
-                    "the pod is shutting down; try another pod",
-                ),
-                RequestError::Failed { .. } => {
-                    ApiError::new(StatusCode::BAD_GATEWAY, "encode_failed", err.to_string())
-                }
-            })?;
-    }
     let inside = match (dir.canonicalize(), file.canonicalize()) {
         (Ok(dir), Ok(file)) => file.starts_with(dir).then_some(file),
         _ => None,
@@ -154,6 +132,55 @@ pub(super) async fn serve(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     Ok(response.into_response())
+}
+
+/// Seconds a client is told to wait before asking again for a file that
+/// is not there yet.
+const RETRY_AFTER_SECONDS: &str = "2";
+
+/// 503 `not_ready` with `Retry-After`: the job exists, its file is not
+/// there yet (not planned yet, or not written in time).
+fn try_again(message: String) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message).into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    response
+}
+
+/// The answer to a file that cannot be served.
+fn file_error(path: &str, err: FileError) -> ApiError {
+    let request = match err {
+        FileError::Request(request) => request,
+        _ => return ApiError::not_found("no such file"),
+    };
+    match request {
+        RequestError::NotRunning(_) | RequestError::NotPlanned(_) | RequestError::Canceled => {
+            ApiError::not_found("no such file")
+        }
+        RequestError::Timeout(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "not_ready",
+            format!("{path} was not ready in time; try again"),
+        ),
+        RequestError::Paused(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "paused",
+            format!("{request}; try another pod"),
+        ),
+        RequestError::ShuttingDown => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the pod is shutting down; try another pod",
+        ),
+        RequestError::Failed { .. } => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "encode_failed",
+            request.to_string(),
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod encode;
 mod log;
 mod pod;
 mod run;
+mod test_network;
 
 pub use encode::{
     validate_preset, validate_segment_duration, EncodeSettings, Ladder, Rung,
@@ -18,6 +19,7 @@ pub use encode::{
 pub use log::LogFormat;
 pub use pod::PodConfig;
 pub use run::{validate_max_attempts, worker_id_or_hostname, ClaimTtl, RunSettings, Slots};
+pub use test_network::TestNetwork;
 
 use encode::PRESETS;
 
@@ -44,4 +46,6 @@ pub enum ConfigError {
     MaxAttempts,
     #[error("unknown log format {0:?} (text or json)")]
     LogFormat(String),
+    #[error("test network {0:?} must be a.b.c.d/prefix inside 198.18.0.0/15 (the benchmarking range), without host bits")]
+    TestNetwork(String),
 }

@@ -1,7 +1,7 @@
 //! A pod's whole configuration (`segswarm serve`), documented flag by flag
 //! in docs/configuration.md.
 
-use super::{EncodeSettings, RunSettings};
+use super::{EncodeSettings, RunSettings, TestNetwork};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +26,9 @@ pub struct PodConfig {
     /// link-local addresses (otherwise they are refused; see
     /// [`crate::egress`]).
     pub allow_private_urls: bool,
+    /// A network inside 198.18.0.0/15 whose addresses count as public, for
+    /// the tests of the egress check (`--egress-test-network`).
+    pub egress_test_network: Option<TestNetwork>,
     pub watch_dir: Option<PathBuf>,
     /// Poll the watch folder instead of using inotify (needed on NFS).
     pub watch_poll: bool,

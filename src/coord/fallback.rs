@@ -5,13 +5,21 @@
 //! Owns the switch between the two coordinators, the record of which leases
 //! were issued locally, and the units finished while local, which it
 //! re-publishes to Redis on the way back. While local, two pods may encode
-//! the same unit: wasteful, never wrong, because outputs are deterministic
-//! and published by atomic rename. It never fails a unit because Redis is
-//! away.
+//! the same unit: wasteful, never wrong, because outputs are published with
+//! no-replace semantics (the first complete copy stays; x264's two-thread
+//! rungs do not repeat their bytes, so nothing may rest on identical
+//! copies). It never fails a unit because Redis is away.
+//!
+//! While local it does not ask Redis about leases Redis issued (renew,
+//! confirm, complete, release): Redis did not answer the last operation,
+//! and asking again would make each of them wait for the operation timeout
+//! (3 s) on the publish path. A lease it cannot confirm is
+//! [`LeaseCheck::Unconfirmed`], never held: the worker publishes anyway
+//! (safe) and counts it.
 
 use super::{
-    ClaimOutcome, ClusterCapacity, Completion, CoordError, Coordinator, Lease, LocalCoordinator,
-    Mode, RedisCoordinator, WaitOutcome,
+    ClaimOutcome, ClusterCapacity, Completion, CoordError, Coordinator, Lease, LeaseCheck,
+    LocalCoordinator, Mode, RedisCoordinator, WaitOutcome,
 };
 use crate::metrics::Metrics;
 use crate::plan::Unit;
@@ -192,14 +200,36 @@ impl Coordinator for FallbackCoordinator {
         if shared.is_local_lease(lease) {
             return shared.local.renew(lease).await;
         }
+        // Keep encoding while Redis is away: losing Redis is not losing the
+        // lease (whether it still is ours is asked again before publishing).
+        if shared.is_local() {
+            return Ok(true);
+        }
         match shared.redis.renew(lease).await {
             Ok(held) => Ok(held),
             Err(err) => {
-                // Keep encoding: losing Redis is not losing the lease.
                 shared.fall_back(&err);
                 Ok(true)
             }
         }
+    }
+
+    /// A lease issued locally is never confirmed (no other pod can see
+    /// it); a Redis lease is confirmed by Redis while distributed (bounded
+    /// by [`RedisCoordinator`]'s short confirmation timeout) and not asked
+    /// about while local.
+    async fn confirm(&self, lease: &Lease) -> LeaseCheck {
+        let shared = &self.shared;
+        if shared.is_local_lease(lease) {
+            return match shared.local.renew(lease).await {
+                Ok(false) => LeaseCheck::Lost,
+                _ => LeaseCheck::Unconfirmed,
+            };
+        }
+        if shared.is_local() {
+            return LeaseCheck::Unconfirmed;
+        }
+        shared.redis.confirm(lease).await
     }
 
     async fn complete(&self, lease: &Lease) -> Result<Completion, CoordError> {
@@ -209,21 +239,25 @@ impl Coordinator for FallbackCoordinator {
             shared.remember_unpublished(lease.job, &lease.unit);
             return shared.local.complete(lease).await;
         }
-        match shared.redis.complete(lease).await {
-            Ok(completion) => Ok(completion),
-            Err(err) => {
-                shared.fall_back(&err);
-                shared.remember_unpublished(lease.job, &lease.unit);
-                shared.local.mark_done(lease.job, &lease.unit).await?;
-                Ok(Completion::Completed)
+        if !shared.is_local() {
+            match shared.redis.complete(lease).await {
+                Ok(completion) => return Ok(completion),
+                Err(err) => shared.fall_back(&err),
             }
         }
+        shared.remember_unpublished(lease.job, &lease.unit);
+        shared.local.mark_done(lease.job, &lease.unit).await?;
+        Ok(Completion::Completed)
     }
 
     async fn release(&self, lease: &Lease, failed: bool) -> Result<u32, CoordError> {
         let shared = &self.shared;
         if shared.is_local_lease(lease) {
             lock(&shared.local_tokens).remove(&lease.token);
+            return shared.local.release(lease, failed).await;
+        }
+        // While local, the Redis claim is left to expire on its own.
+        if shared.is_local() {
             return shared.local.release(lease, failed).await;
         }
         match shared.redis.release(lease, failed).await {
@@ -233,6 +267,22 @@ impl Coordinator for FallbackCoordinator {
                 shared.local.release(lease, failed).await
             }
         }
+    }
+
+    /// Kept in Redis while distributed; while local, only this pod knows
+    /// them (its job events carry them).
+    async fn keep_warnings(
+        &self,
+        job: JobId,
+        warnings: &[(String, String)],
+    ) -> Result<(), CoordError> {
+        let shared = &self.shared;
+        if !shared.is_local() {
+            if let Err(err) = shared.redis.keep_warnings(job, warnings).await {
+                shared.fall_back(&err);
+            }
+        }
+        Ok(())
     }
 
     async fn mark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError> {
@@ -287,8 +337,8 @@ impl Coordinator for FallbackCoordinator {
         Ok(())
     }
 
-    /// Redis's claims while distributed; none while local (this pod's own
-    /// units are known to its worker).
+    /// Redis's count of live pods while distributed; none while local (no
+    /// cluster to ask: the worker uses its own slots).
     async fn heartbeat(
         &self,
         worker_id: &str,
@@ -305,6 +355,8 @@ impl Coordinator for FallbackCoordinator {
             .await
     }
 
+    /// Redis's claims while distributed; none while local (this pod's own
+    /// units are known to its worker).
     async fn holders(&self, job: JobId) -> Result<Vec<(String, String)>, CoordError> {
         if self.shared.is_local() {
             return Ok(Vec::new());

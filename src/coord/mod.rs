@@ -3,8 +3,9 @@
 //! One trait, [`Coordinator`], with an in-process implementation
 //! ([`local::LocalCoordinator`]) for a pod alone and a Redis one
 //! ([`redis::RedisCoordinator`]) for a cluster. Code above it never asks which one it has. A coordinator only
-//! decides claims and carries notices; storage stays the truth for outputs,
-//! so a coordinator never creates or deletes files.
+//! decides claims and carries notices (and what a unit's output had to fill
+//! for a damaged source, ahead of its completion); storage stays the truth
+//! for outputs, so a coordinator never creates or deletes files.
 
 pub mod fallback;
 pub mod local;
@@ -74,9 +75,25 @@ pub enum Completion {
     /// The lease was still ours.
     Completed,
     /// The lease had been lost (expired, taken over); the unit is marked done
-    /// anyway, which is safe because outputs are deterministic and renamed
-    /// atomically, but it is counted.
+    /// anyway, which is safe because its output is on storage (published
+    /// with no-replace: the first copy stays, whoever made it), but it is
+    /// counted.
     CompletedAfterLoss,
+}
+
+/// What a check of a lease right before publishing found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseCheck {
+    /// Ours, confirmed by the authority every pod shares (Redis), or by
+    /// the in-process coordinator of a pod that is alone.
+    Held,
+    /// Another holder has it, or it expired: the output is dropped.
+    Lost,
+    /// Neither could be confirmed: the backend did not answer in time, or
+    /// the pod coordinates locally while it should share claims (fallback).
+    /// Publishing is still safe (no-replace: the first copy wins); it is
+    /// counted.
+    Unconfirmed,
 }
 
 /// Why a wait for a unit ended.
@@ -125,6 +142,19 @@ pub trait Coordinator: Send + Sync {
     /// the caller must stop producing that unit at once.
     async fn renew(&self, lease: &Lease) -> Result<bool, CoordError>;
 
+    /// Checks and extends a lease right before its output is published.
+    /// Must answer quickly whatever the backend does: a publish never waits
+    /// for a backend timeout. By default, a renewal: extended is
+    /// [`LeaseCheck::Held`], refused is [`LeaseCheck::Lost`], an error is
+    /// [`LeaseCheck::Unconfirmed`].
+    async fn confirm(&self, lease: &Lease) -> LeaseCheck {
+        match self.renew(lease).await {
+            Ok(true) => LeaseCheck::Held,
+            Ok(false) => LeaseCheck::Lost,
+            Err(_) => LeaseCheck::Unconfirmed,
+        }
+    }
+
     /// Marks the unit done, drops the claim if it is still ours and announces
     /// the completion. Called after the output was published.
     async fn complete(&self, lease: &Lease) -> Result<Completion, CoordError>;
@@ -132,6 +162,20 @@ pub trait Coordinator: Send + Sync {
     /// Gives a lease back (failure or shutdown) so another worker can take it
     /// now. With `failed`, the unit's attempt counter grows; returns it.
     async fn release(&self, lease: &Lease, failed: bool) -> Result<u32, CoordError>;
+
+    /// Keeps the warnings of a unit's output (a damaged source it had to
+    /// fill: `(key, JSON)` per warning; a key already kept keeps its first
+    /// value) where every pod reads them. Called before the unit is
+    /// published and completed, so whoever sees the unit done finds its
+    /// warnings too. By default nothing is kept: a pod alone knows its own.
+    async fn keep_warnings(
+        &self,
+        job: JobId,
+        warnings: &[(String, String)],
+    ) -> Result<(), CoordError> {
+        let _ = (job, warnings);
+        Ok(())
+    }
 
     /// Records that a unit is done because its output was found on storage.
     async fn mark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError>;

@@ -22,8 +22,8 @@ mod notices;
 mod scripts;
 
 use super::{
-    new_token, ClaimOutcome, ClusterCapacity, Completion, CoordError, Coordinator, Lease, Mode,
-    WaitOutcome,
+    new_token, ClaimOutcome, ClusterCapacity, Completion, CoordError, Coordinator, Lease,
+    LeaseCheck, Mode, WaitOutcome,
 };
 use crate::config::ClaimTtl;
 use crate::metrics::Metrics;
@@ -53,6 +53,13 @@ const FORGET_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 /// When a claim key has no expiry (never written by us), how soon a waiter
 /// looks again.
 const NO_EXPIRY_RECHECK: Duration = Duration::from_secs(1);
+
+/// Longest a pre-publish confirmation of a lease waits for Redis. A renewal
+/// is one round trip (well under a millisecond on a LAN): one that takes
+/// longer means Redis is away or overloaded, and a publish does not need
+/// the answer to be safe (no-replace), only to be counted; it must not
+/// wait for the 3 s operation timeout on every file.
+const CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What went wrong in one Redis round trip, before the operation adds its
 /// context.
@@ -369,6 +376,24 @@ impl Coordinator for RedisCoordinator {
         }
     }
 
+    /// A renewal bounded by [`CONFIRM_TIMEOUT`] (or the operation timeout
+    /// if shorter); no answer in time is [`LeaseCheck::Unconfirmed`].
+    async fn confirm(&self, lease: &Lease) -> LeaseCheck {
+        let bound = CONFIRM_TIMEOUT.min(self.op_timeout);
+        match tokio::time::timeout(bound, self.renew(lease)).await {
+            Ok(Ok(true)) => LeaseCheck::Held,
+            Ok(Ok(false)) => LeaseCheck::Lost,
+            Ok(Err(_)) => LeaseCheck::Unconfirmed,
+            Err(_) => {
+                self.metrics
+                    .lease_renewals
+                    .with_label_values(&["error"])
+                    .inc();
+                LeaseCheck::Unconfirmed
+            }
+        }
+    }
+
     async fn complete(&self, lease: &Lease) -> Result<Completion, CoordError> {
         let keys = JobKeys::new(lease.job);
         let ours: i64 = self
@@ -418,6 +443,28 @@ impl Coordinator for RedisCoordinator {
                 )
             })?;
         Ok(u32::try_from(attempts.max(0)).unwrap_or(u32::MAX))
+    }
+
+    async fn keep_warnings(
+        &self,
+        job: JobId,
+        warnings: &[(String, String)],
+    ) -> Result<(), CoordError> {
+        if warnings.is_empty() {
+            return Ok(());
+        }
+        let key = JobKeys::new(job).warnings();
+        let fut = async {
+            let mut conn = self.pool.get().await?;
+            let mut pipe = redis::pipe();
+            for (field, json) in warnings {
+                pipe.cmd("HSETNX").arg(&key).arg(field).arg(json).ignore();
+            }
+            Ok(pipe.query_async::<()>(&mut *conn).await?)
+        };
+        self.bounded(fut)
+            .await
+            .map_err(|err| unavailable(format!("keeping warnings of job {job}"), err))
     }
 
     async fn mark_done(&self, job: JobId, unit: &Unit) -> Result<(), CoordError> {

@@ -1,6 +1,8 @@
 //! Encoding: the one place that builds ffmpeg arguments ([`args`]), the
-//! checks an output must pass before it may be published ([`verify`]), and
-//! reading what an MPEG-TS segment holds ([`mpegts`]).
+//! checks an output must pass before it may be published ([`verify`]),
+//! reading what an MPEG-TS segment holds ([`mpegts`]), and telling a
+//! damaged source from a failed encode, filling what the source lacks
+//! ([`damage`]).
 //!
 //! A [`Batch`] is what one ffmpeg process produces: one segment of one or
 //! more video renditions (decode once, split, scale and encode each), or a
@@ -9,12 +11,15 @@
 //! never writes to the source.
 
 mod args;
+mod damage;
 pub mod mpegts;
 mod verify;
 
+pub use damage::{AudioGap, Filled};
 pub use verify::video_codec_string;
 
-use crate::ffmpeg::{run_ffmpeg, RunControl, RunError};
+use crate::fetch::{FetchError, SourceInput};
+use crate::ffmpeg::{run_ffmpeg, RunControl, RunError, RunOutput};
 use crate::plan::{Plan, Rendition, Segment};
 use crate::storage::AudioWorkDir;
 use std::ffi::OsString;
@@ -30,6 +35,27 @@ pub enum EncodeError {
         what: String,
         path: PathBuf,
         reason: String,
+    },
+    /// The pod's proxy could not fetch the source for this encode (boxed:
+    /// it is the largest variant by far).
+    #[error("encoding {what}: source {source_name}: {error}")]
+    Fetch {
+        what: String,
+        source_name: String,
+        error: Box<FetchError>,
+    },
+    /// The source decodes to nothing at all (`media`: "video frame",
+    /// "audio") in the unit's range, the same way twice: there is nothing
+    /// to fill from. Times on the job's timeline.
+    #[error(
+        "encoding {what}: the source yields no decodable {media} from {start:.3} s \
+         to {end:.3} s (the same twice: it is damaged there)"
+    )]
+    Undecodable {
+        what: String,
+        media: &'static str,
+        start: f64,
+        end: f64,
     },
 }
 
@@ -49,10 +75,13 @@ pub struct VideoOutput {
 }
 
 /// What verification read of a batch's outputs that others want to know.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Verified {
     /// Per video output: its rendition's name and RFC 6381 codec string.
     pub codecs: Vec<(String, String)>,
+    /// What the outputs had to make up for a damaged source; `None` for a
+    /// source that decoded whole.
+    pub filled: Option<Filled>,
 }
 
 /// What one ffmpeg process produces.
@@ -92,21 +121,72 @@ impl Batch {
         }
     }
 
-    /// The ffmpeg arguments for this batch (without `-progress`).
-    pub fn ffmpeg_args(&self, plan: &Plan) -> Vec<OsString> {
-        args::ffmpeg_args(self, plan)
+    /// The ffmpeg arguments for this batch, reading the source as `input`
+    /// (without `-progress`).
+    pub fn ffmpeg_args(&self, plan: &Plan, input: &SourceInput) -> Vec<OsString> {
+        args::ffmpeg_args(self, plan, input, args::Recipe::Exact)
     }
 
-    /// Runs ffmpeg for this batch, then verifies every output.
-    pub async fn run(&self, plan: &Plan, control: RunControl) -> Result<Verified, EncodeError> {
+    /// Runs ffmpeg for this batch, reading the source as `input` (from
+    /// [`crate::fetch::SourceFetch::open`]), then verifies every output. A
+    /// video segment the source does not decode to whole, or an audio track
+    /// with holes, is filled to the planned timeline when the source is to
+    /// blame (the rule is in `damage.rs`), and says so in
+    /// [`Verified::filled`].
+    pub async fn run(
+        &self,
+        plan: &Plan,
+        input: &SourceInput,
+        control: RunControl,
+    ) -> Result<Verified, EncodeError> {
+        match self {
+            Batch::Video { segment, outputs } => {
+                damage::run_video(self, plan, input, segment, outputs, &control).await
+            }
+            Batch::Audio { track, .. } => {
+                let whole = (0.0, plan.duration);
+                let output =
+                    damage::run_decoding(self, plan, input, &control, "audio", whole).await?;
+                let mut verified = self.verify(plan).await?;
+                verified.filled = damage::audio_gaps(plan, input, *track, &output).await;
+                Ok(verified)
+            }
+            Batch::Thumbnail { .. } => {
+                let from = plan.timeline(plan.start_time + plan.thumbnail.time);
+                let range = (from, plan.duration);
+                damage::run_decoding(self, plan, input, &control, "video frame", range).await?;
+                self.verify(plan).await
+            }
+        }
+    }
+
+    /// One ffmpeg run of this batch with `recipe`, reading the source as
+    /// `input`.
+    async fn run_ffmpeg(
+        &self,
+        plan: &Plan,
+        input: &SourceInput,
+        recipe: args::Recipe,
+        control: &RunControl,
+    ) -> Result<RunOutput, EncodeError> {
         let what = self.describe();
-        run_ffmpeg(self.ffmpeg_args(plan), self.niceness(), control)
-            .await
-            .map_err(|error| EncodeError::Run {
-                what: what.clone(),
-                error,
-            })?;
-        self.verify(plan).await
+        let ran = run_ffmpeg(
+            args::ffmpeg_args(self, plan, input, recipe),
+            self.niceness(),
+            control,
+        )
+        .await;
+        match (ran, input.failure()) {
+            (Ok(output), _) => Ok(output),
+            (Err(error), _) if error.is_canceled() => Err(EncodeError::Run { what, error }),
+            // The proxy knows why better than ffmpeg ("403 Forbidden").
+            (Err(_), Some(error)) => Err(EncodeError::Fetch {
+                what,
+                source_name: plan.source.to_string(),
+                error: Box::new(error),
+            }),
+            (Err(error), None) => Err(EncodeError::Run { what, error }),
+        }
     }
 
     /// Checks the outputs: a truncated or empty output is a failed attempt,
@@ -123,7 +203,7 @@ impl Batch {
                 for output in outputs {
                     let info = verify::segment(&output.tmp_path, plan, segment, &output.rendition)
                         .await
-                        .map_err(|reason| failed(output.tmp_path.clone(), reason))?;
+                        .map_err(|fault| failed(output.tmp_path.clone(), fault.to_string()))?;
                     verified
                         .codecs
                         .push((output.rendition.name.clone(), info.codec));

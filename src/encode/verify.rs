@@ -4,7 +4,7 @@
 //! ([`super::mpegts`]); the audio rendition and the thumbnail (one check per
 //! job) are one ffprobe each. Nothing here writes a file.
 
-use super::mpegts::{self, TsSegment, TS_CLOCK};
+use super::mpegts::{self, TsError, TsSegment, TS_CLOCK};
 use crate::ffmpeg::run_ffprobe;
 use crate::plan::{Plan, Rendition, Segment};
 use crate::storage::AudioWorkDir;
@@ -37,6 +37,40 @@ async fn ffprobe_compact(path: &Path, entries: &str) -> Result<String, String> {
 /// expected one (rounding of the source's time base and of the offset).
 const PTS_TOLERANCE: u64 = 2;
 
+/// Why a video segment did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SegmentFault {
+    /// A well-formed segment of the rendition's size, IDR first, that holds
+    /// fewer frames than planned, or an output with no video frame at all
+    /// (`frames` 0; `empty` says what it looked like): what a source that
+    /// does not decode to its planned frames gives (see `damage.rs`).
+    Short {
+        frames: usize,
+        planned: usize,
+        empty: Option<String>,
+    },
+    /// Anything else.
+    Bad(String),
+}
+
+impl std::fmt::Display for SegmentFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SegmentFault::Short {
+                planned,
+                empty: Some(what),
+                ..
+            } => write!(f, "{what} (no frame, expected {planned})"),
+            SegmentFault::Short {
+                frames, planned, ..
+            } => {
+                write!(f, "{frames} frames, expected {planned}")
+            }
+            SegmentFault::Bad(reason) => f.write_str(reason),
+        }
+    }
+}
+
 /// A video segment must be a non-empty MPEG-TS file that demuxes, hold
 /// exactly the planned frames, start with an IDR picture of the rendition's
 /// size, and start at the planned time ([`expected_first_pts`]). Returns
@@ -47,18 +81,27 @@ pub(super) async fn segment(
     plan: &Plan,
     segment: &Segment,
     rendition: &Rendition,
-) -> Result<TsSegment, String> {
+) -> Result<TsSegment, SegmentFault> {
+    let nothing = |what: String| SegmentFault::Short {
+        frames: 0,
+        planned: segment.frames,
+        empty: Some(what),
+    };
     let size = std::fs::metadata(path)
-        .map_err(|e| format!("cannot stat: {e}"))?
+        .map_err(|e| SegmentFault::Bad(format!("cannot stat: {e}")))?
         .len();
+    // ffmpeg ends cleanly with an empty output when nothing decoded.
     if size == 0 {
-        return Err("empty file".into());
+        return Err(nothing("empty file".into()));
     }
     let owned = path.to_path_buf();
     let info = tokio::task::spawn_blocking(move || mpegts::read(&owned))
         .await
-        .map_err(|e| format!("reading the segment: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| SegmentFault::Bad(format!("reading the segment: {e}")))?
+        .map_err(|e| match e {
+            e @ (TsError::NoVideo | TsError::NoFrames) => nothing(e.to_string()),
+            other => SegmentFault::Bad(other.to_string()),
+        })?;
     check_segment(&info, plan, segment, rendition)?;
     Ok(info)
 }
@@ -69,37 +112,49 @@ fn check_segment(
     plan: &Plan,
     segment: &Segment,
     rendition: &Rendition,
-) -> Result<(), String> {
+) -> Result<(), SegmentFault> {
     if (info.width, info.height) != (rendition.width, rendition.height) {
-        return Err(format!(
+        return Err(SegmentFault::Bad(format!(
             "size {}x{}, expected {}x{}",
             info.width, info.height, rendition.width, rendition.height
-        ));
-    }
-    if info.frames != segment.frames {
-        return Err(format!(
-            "{} frames, expected {}",
-            info.frames, segment.frames
-        ));
+        )));
     }
     if !info.keyframe_first {
-        return Err("first frame is not a keyframe (no IDR slice)".into());
+        return Err(SegmentFault::Bad(
+            "first frame is not a keyframe (no IDR slice)".into(),
+        ));
     }
-    let first = info.first_pts.ok_or("first frame has no PTS")?;
+    if info.frames < segment.frames {
+        // Its first frame is then late too: the frame count says more.
+        return Err(SegmentFault::Short {
+            frames: info.frames,
+            planned: segment.frames,
+            empty: None,
+        });
+    }
+    if info.frames != segment.frames {
+        return Err(SegmentFault::Bad(format!(
+            "{} frames, expected {}",
+            info.frames, segment.frames
+        )));
+    }
+    let first = info
+        .first_pts
+        .ok_or_else(|| SegmentFault::Bad("first frame has no PTS".into()))?;
     let expected = expected_first_pts(segment.start, plan.output_ts_offset(), info.tick);
     if !expected
         .iter()
         .any(|e| pts_distance(first, *e) <= PTS_TOLERANCE)
     {
         let shown: Vec<String> = expected.iter().map(|e| e.to_string()).collect();
-        return Err(format!(
+        return Err(SegmentFault::Bad(format!(
             "first frame at PTS {first} ({:.6} s), expected {} (source time {:.6} s \
              + offset {:.6} s), within {PTS_TOLERANCE} ticks of 90 kHz",
             first as f64 / TS_CLOCK as f64,
             shown.join(" or "),
             segment.start,
             plan.output_ts_offset(),
-        ));
+        )));
     }
     Ok(())
 }

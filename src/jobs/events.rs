@@ -2,7 +2,7 @@
 //! [`EventLog`] that late subscribers read and live subscribers follow.
 //!
 //! Owns the history (the last [`HISTORY_LIMIT`] events, in id order, each id
-//! once), the broadcast channel, the highest id seen, local id generation and
+//! once, one terminal event at most and last), the broadcast channel, the highest id seen, local id generation and
 //! the stream's monotonic progress filter. It never decides whether an event
 //! happens and never talks to Redis: the job manager emits, the registry
 //! carries events between pods.
@@ -41,6 +41,10 @@ struct LogState {
     history: Vec<JobEvent>,
     /// Progress of the last `progress` event delivered (-1 before the first).
     delivered_progress: f64,
+    /// A terminal event was delivered: the stream is over, and nothing
+    /// more is delivered (a second end, from this pod's own decision and
+    /// another pod's, or a late event).
+    ended: bool,
 }
 
 impl EventLog {
@@ -50,6 +54,7 @@ impl EventLog {
             state: Mutex::new(LogState {
                 history: Vec::new(),
                 delivered_progress: -1.0,
+                ended: false,
             }),
             sender,
             last_seq: AtomicU64::new(0),
@@ -74,14 +79,25 @@ impl EventLog {
     }
 
     /// Hands an event to this pod's subscribers, once, in id order. Not
-    /// delivered (false): an id already in the history, or a `progress`
+    /// delivered (false): anything after a terminal event (exactly one end
+    /// per stream), an id already in the history, or a `progress`
     /// event whose value is not above the last one delivered (pods report
     /// steps concurrently; one that was overtaken on its way adds nothing,
     /// and a stream's progress never goes back).
-    pub(super) fn deliver(&self, event: JobEvent) -> bool {
-        self.last_seq.fetch_max(event.seq, Ordering::Relaxed);
+    pub(super) fn deliver(&self, mut event: JobEvent) -> bool {
         {
             let mut state = lock(&self.state);
+            if state.ended {
+                return false;
+            }
+            // The end comes last in every stream: one that arrives after
+            // events with higher ids (this pod's own, made while it was cut
+            // off from Redis) takes the next id here.
+            let highest = state.history.last().map_or(0, |e| e.seq);
+            if event.event.is_terminal() && event.seq <= highest {
+                event.seq = highest + 1;
+            }
+            self.last_seq.fetch_max(event.seq, Ordering::Relaxed);
             if event.event == JobEventKind::Progress {
                 if event.job.progress <= state.delivered_progress {
                     return false;
@@ -91,6 +107,7 @@ impl EventLog {
             if state.history.iter().any(|e| e.seq == event.seq) {
                 return false;
             }
+            state.ended = event.event.is_terminal();
             state.history.push(event.clone());
             state.history.sort_by_key(|e| e.seq);
             if state.history.len() > HISTORY_LIMIT {
@@ -120,12 +137,9 @@ impl EventLog {
         lock(&self.state).history.is_empty()
     }
 
-    /// True when the last event delivered ends the stream.
+    /// True when a terminal event was delivered: the stream is over.
     pub(super) fn ended(&self) -> bool {
-        lock(&self.state)
-            .history
-            .last()
-            .is_some_and(|e| e.event.is_terminal())
+        lock(&self.state).ended
     }
 }
 
@@ -155,6 +169,7 @@ pub(super) mod tests {
             audio_tracks: None,
             renditions: Vec::new(),
             error: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -214,6 +229,34 @@ pub(super) mod tests {
         assert_eq!(log.last_seq(), 5);
         assert!(!log.ended());
         assert!(log.deliver(event(6, JobEventKind::Done, 100.0)));
+        assert!(log.ended());
+    }
+
+    #[test]
+    fn a_stream_ends_once() {
+        let log = EventLog::new();
+        let (_, mut receiver) = log.subscribe(0);
+        assert!(log.deliver(event(5, JobEventKind::Processing, 0.0)));
+        // This pod's own end (a local id), then another pod's end of the
+        // same job and a late event, both refused.
+        assert!(log.deliver(event(9000, JobEventKind::Done, 100.0)));
+        assert!(!log.deliver(event(7000, JobEventKind::Done, 100.0)));
+        assert!(!log.deliver(event(9500, JobEventKind::Failed, 100.0)));
+        assert!(!log.deliver(event(9600, JobEventKind::ThumbnailReady, 100.0)));
+        assert_eq!(seqs(&log), [5, 9000]);
+        let delivered: Vec<u64> = std::iter::from_fn(|| receiver.try_recv().ok())
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(delivered, [5, 9000]);
+    }
+
+    #[test]
+    fn a_late_end_with_a_lower_id_still_comes_last() {
+        let log = EventLog::new();
+        assert!(log.deliver(event(9000, JobEventKind::Progress, 40.0)));
+        assert!(log.deliver(event(7000, JobEventKind::Done, 100.0)));
+        assert_eq!(seqs(&log), [9000, 9001]);
+        assert_eq!(log.last_seq(), 9001);
         assert!(log.ended());
     }
 

@@ -1,23 +1,25 @@
-//! A job's life on this pod: submission, start (probe and plan, or wait for
-//! the submitting pod's plan), status changes, the end with its event
-//! and webhook, cancellation, and the on-demand encode of a requested file.
+//! A job's life on this pod: submission, start (probe and plan, or take
+//! the submitting pod's plan from the registry), status changes, the end
+//! with its event and webhook, and cancellation.
 //!
 //! Every status change goes through the registry's compare-and-set first
-//! ([`JobManager::wins_transition`]), so exactly one pod announces it. It
+//! ([`JobManager::decide`]), so exactly one pod announces it; the order of
+//! statuses and the once-only end are the rules of `state.rs`. It
 //! starts work only through [`prepare`] and the worker; it never runs ffmpeg
 //! and never deletes files but through a purge the user asked for.
 
 use super::model::{JobEventKind, JobMode, JobRecord, JobStatus};
 use super::progress::percent;
 use super::request::SubmitRequest;
+use super::state::{may_move, Decision};
 use super::view::JobView;
 use super::{now_ms, JobEntry, JobError, JobManager};
-use crate::plan::{Plan, Unit};
+use crate::plan::Plan;
 use crate::playlists::Listing;
 use crate::prepare::prepare;
-use crate::storage::{JobLayout, StorageError};
+use crate::storage::StorageError;
 use crate::sync::{lock, write};
-use crate::worker::{JobOptions, JobOutcome, RequestError, WorkerError};
+use crate::worker::{JobOptions, JobOutcome, WorkerError};
 use crate::JobId;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,6 +48,7 @@ impl JobManager {
             updated_at_ms: now,
             playable: false,
             progress: 0.0,
+            warnings: Vec::new(),
         };
         let layout = self.storage.job(record.id);
         std::fs::create_dir_all(layout.dir())
@@ -88,6 +91,7 @@ impl JobManager {
                     record.spec.source.clone(),
                     record.spec.settings.clone(),
                     record.id,
+                    &self.settings.fetch,
                 )
                 .await;
                 match prepared {
@@ -121,6 +125,7 @@ impl JobManager {
         match self.worker.add_job(plan, layout, options).await {
             Ok(run) => {
                 *lock(&entry.run) = Some(run.clone());
+                entry.started.notify_waiters();
                 // The worker may have finished it at once (everything was
                 // on storage already).
                 if let Some(outcome) = run.outcome() {
@@ -144,8 +149,9 @@ impl JobManager {
     /// `planned` notice wakes the wait, and the plan is read from the
     /// registry; `job.json` on storage is looked for too (the planner's
     /// Redis write may have failed). `None` means: prepare from storage,
-    /// which probes after all if the planner died first (the plan is
-    /// deterministic).
+    /// which probes after all if the planner died first (the same source
+    /// and settings give the same plan, and `job.json` is published
+    /// no-replace: the first plan written is the job's).
     async fn wait_for_plan(&self, entry: &JobEntry) -> Option<Plan> {
         let id = entry.record().id;
         let path = self.storage.job(id).job_json();
@@ -205,24 +211,39 @@ impl JobManager {
     /// event.
     async fn set_status(&self, entry: &JobEntry, status: JobStatus) {
         let mut next = entry.record();
-        if next.status.is_terminal() || next.status == status {
+        if !may_move(next.status, status) {
             return;
         }
         next.status = status;
         next.updated_at_ms = now_ms();
-        if !self.wins_transition(&next).await {
+        if self.decide(&next).await == Decision::Lost {
             return; // another pod announced it; its event updates us
         }
-        self.update(entry, |r| r.status = status);
+        self.update(entry, |r| {
+            r.advance(status);
+        });
         self.emit(entry, status.into()).await;
     }
 
-    /// Moves a job to a terminal status, once cluster-wide, with its event
-    /// and webhook.
-    async fn end(&self, entry: &JobEntry, status: JobStatus, error: Option<String>) {
+    /// Moves a job to a terminal status with its event and webhook, once:
+    /// once on this pod (its [`Ending`](super::state::Ending)), and once
+    /// cluster-wide (the registry's compare-and-set picks the pod that
+    /// announces it). While the registry cannot be asked, the end is this
+    /// pod's own: its streams get the end event now, and the webhook waits
+    /// until the registry says which pod ended the job
+    /// ([`JobManager::confirm_ends`]).
+    pub(super) async fn end(&self, entry: &JobEntry, status: JobStatus, error: Option<String>) {
         let progress = lock(&entry.run).as_ref().map(|run| percent(run.progress()));
+        if entry.record().status.is_terminal() {
+            return;
+        }
+        // Every pod's worker keeps its warnings in Redis before it
+        // publishes the filled unit, so once every unit is done they are
+        // all there: the terminal event and webhook carry every warning,
+        // whichever pod ends the job (while Redis is reachable).
+        self.gather_warnings(entry).await;
         let mut next = entry.record();
-        if next.status.is_terminal() {
+        if next.status.is_terminal() || !lock(&entry.ending).begin() {
             return;
         }
         next.status = status;
@@ -231,22 +252,45 @@ impl JobManager {
             next.progress = progress;
         }
         next.updated_at_ms = now_ms();
-        if !self.wins_transition(&next).await {
+        let decision = self.decide(&next).await;
+        if decision == Decision::Lost {
+            lock(&entry.ending).decided(decision);
             self.follow_registry_record(entry).await;
+            // The winner's end event may have gone by while this pod was
+            // not listening: the registry's history has it.
+            self.catch_up_job(entry).await;
+            entry.started.notify_waiters();
             return;
         }
-        self.update(entry, |r| {
-            r.status = status;
-            r.error = error;
-            if let Some(progress) = progress {
-                r.progress = progress;
-            }
-        });
-        self.emit(entry, status.into()).await;
-        if status != JobStatus::Canceled {
-            self.notify_webhook(entry, status.into());
+        let moved = {
+            let mut moved = false;
+            self.update(entry, |r| {
+                moved = r.advance(status);
+                if moved {
+                    r.error = error;
+                    if let Some(progress) = progress {
+                        r.progress = progress;
+                    }
+                }
+            });
+            moved
+        };
+        if !moved && decision == Decision::Unknown {
+            // Another pod's end event arrived meanwhile: it was the end.
+            lock(&entry.ending).abandon();
+            return;
         }
-        self.retire(next.id).await;
+        // Won: the registry records this pod's end, which the other pods
+        // hear from this pod's event, whatever arrived here meanwhile.
+        lock(&entry.ending).decided(decision);
+        entry.started.notify_waiters();
+        self.emit(entry, status.into()).await;
+        if decision == Decision::Won {
+            if status != JobStatus::Canceled {
+                self.notify_webhook(entry, status.into());
+            }
+            self.retire(next.id).await;
+        }
     }
 
     pub(super) async fn on_finished(&self, entry: &JobEntry, outcome: JobOutcome) {
@@ -291,28 +335,5 @@ impl JobManager {
             self.storage.job(id).remove_all()?;
         }
         Ok(view)
-    }
-
-    /// For `/hls`: makes the file at `path` (relative to the job folder)
-    /// exist if it is a planned output, encoding it now if needed.
-    pub async fn ensure_file(&self, id: JobId, path: &str) -> Result<(), RequestError> {
-        let entry = self.entry(id).ok_or(RequestError::NotRunning(id))?;
-        let plan = lock(&entry.plan)
-            .clone()
-            .ok_or(RequestError::NotRunning(id))?;
-        let unit = JobLayout::unit_for_path(&plan, path).ok_or_else(|| {
-            RequestError::NotPlanned(Unit::Video {
-                rendition: path.to_string(),
-                index: 0,
-            })
-        })?;
-        self.worker
-            .request(
-                id,
-                &unit,
-                self.settings.prefetch_segments,
-                self.settings.segment_wait,
-            )
-            .await
     }
 }

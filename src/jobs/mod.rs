@@ -18,7 +18,9 @@
 //! | `view`            | the job as the API shows it                                |
 //! | `events`          | the event type and a job's event log on this pod           |
 //! | `progress`        | the progress value and the 2 % throttle                    |
+//! | `state`           | the status order and the once-only end (`Ending`)          |
 //! | `lifecycle`       | submit, start, status changes, end, cancel, webhooks       |
+//! | `serving`         | a request for a job's file: wait for plan, playlist, unit  |
 //! | `worker_events`   | the worker's events turned into statuses and events        |
 //! | `cluster`         | what this pod tells and hears from the other pods          |
 //! | `persist`         | `status.json`, and resuming jobs from storage              |
@@ -32,12 +34,15 @@ mod persist;
 mod progress;
 pub mod registry;
 mod request;
+mod serving;
+mod state;
 mod view;
 mod worker_events;
 
 pub use events::JobEvent;
 pub use model::{JobEventKind, JobMode, JobRecord, JobStatus};
 pub use request::{JobSettings, SubmitRequest};
+pub use serving::FileError;
 pub use view::JobView;
 
 use crate::config::ConfigError;
@@ -93,6 +98,11 @@ struct JobEntry {
     created_here: bool,
     /// Woken by the planner's `planned` notice.
     planned: Notify,
+    /// Woken when the job starts running here or ends (requests for its
+    /// files wait for that).
+    started: Notify,
+    /// How far this pod got with the job's end (once only).
+    ending: Mutex<state::Ending>,
 }
 
 impl JobEntry {
@@ -104,6 +114,8 @@ impl JobEntry {
             events: EventLog::new(),
             created_here,
             planned: Notify::new(),
+            started: Notify::new(),
+            ending: Mutex::new(state::Ending::default()),
         })
     }
 
@@ -263,10 +275,6 @@ impl JobManager {
         self.entry(id)
             .map(|e| matches!(e.record().status, JobStatus::Done | JobStatus::Partial))
             .unwrap_or(false)
-    }
-
-    pub fn knows(&self, id: JobId) -> bool {
-        self.entry(id).is_some()
     }
 
     pub fn job_dir(&self, id: JobId) -> PathBuf {

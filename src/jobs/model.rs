@@ -1,6 +1,7 @@
 //! The job domain model: what a job was asked to do ([`JobSpec`]), where it
-//! is in its life ([`JobStatus`]), its persisted record ([`JobRecord`]) and
-//! the kinds of events its stream carries ([`JobEventKind`]).
+//! is in its life ([`JobStatus`]), its persisted record ([`JobRecord`],
+//! with the warnings its package earned) and the kinds of events its
+//! stream carries ([`JobEventKind`]).
 //!
 //! Plain data with serde: the names here are the wire names (`status.json`,
 //! the API and its OpenAPI schemas, the events between pods). It never does I/O and never decides a
@@ -8,6 +9,7 @@
 
 use crate::config::EncodeSettings;
 use crate::source::Source;
+use crate::warning::JobWarning;
 use crate::JobId;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -82,6 +84,9 @@ pub enum JobEventKind {
     /// Throttled: at most one per 2 % step cluster-wide.
     Progress,
     Playable,
+    /// The job got warnings (a damaged source was filled); once per batch
+    /// of warnings cluster-wide.
+    Warning,
     Done,
     Partial,
     Failed,
@@ -89,12 +94,13 @@ pub enum JobEventKind {
 }
 
 impl JobEventKind {
-    pub const ALL: [JobEventKind; 9] = [
+    pub const ALL: [JobEventKind; 10] = [
         JobEventKind::Queued,
         JobEventKind::Processing,
         JobEventKind::ThumbnailReady,
         JobEventKind::Progress,
         JobEventKind::Playable,
+        JobEventKind::Warning,
         JobEventKind::Done,
         JobEventKind::Partial,
         JobEventKind::Failed,
@@ -108,6 +114,7 @@ impl JobEventKind {
             JobEventKind::ThumbnailReady => "thumbnail_ready",
             JobEventKind::Progress => "progress",
             JobEventKind::Playable => "playable",
+            JobEventKind::Warning => "warning",
             JobEventKind::Done => "done",
             JobEventKind::Partial => "partial",
             JobEventKind::Failed => "failed",
@@ -129,7 +136,7 @@ impl JobEventKind {
             JobEventKind::Partial => Some(JobStatus::Partial),
             JobEventKind::Failed => Some(JobStatus::Failed),
             JobEventKind::Canceled => Some(JobStatus::Canceled),
-            JobEventKind::ThumbnailReady | JobEventKind::Progress => None,
+            JobEventKind::ThumbnailReady | JobEventKind::Progress | JobEventKind::Warning => None,
         }
     }
 
@@ -184,6 +191,10 @@ pub struct JobRecord {
     /// pod's reports and other pods' events). The one value the 2 % progress
     /// throttle is decided on (see `jobs/progress.rs`).
     pub progress: f64,
+    /// What the package had to fill for a damaged source, from every pod
+    /// (sorted by time, one per unit).
+    #[serde(default)]
+    pub warnings: Vec<JobWarning>,
 }
 
 #[cfg(test)]
@@ -214,6 +225,8 @@ mod tests {
             assert_eq!(kind.is_terminal(), status.is_terminal());
         }
         assert_eq!(JobEventKind::Progress.status(), None);
+        assert_eq!(JobEventKind::Warning.status(), None);
+        assert!(!JobEventKind::Warning.is_terminal());
         assert!(!JobEventKind::ThumbnailReady.is_terminal());
     }
 }

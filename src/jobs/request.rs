@@ -9,6 +9,7 @@ use super::model::JobSpec;
 use super::JobError;
 use crate::config::{validate_segment_duration, EncodeSettings, Ladder};
 use crate::egress::EgressPolicy;
+use crate::fetch::SourceFetch;
 use crate::source::Source;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub struct JobSettings {
     pub segment_wait: Duration,
     /// Which addresses source and callback URLs may point at.
     pub egress: EgressPolicy,
+    /// The pod's source proxy, which the probe reads URL sources through.
+    pub fetch: SourceFetch,
 }
 
 impl SubmitRequest {

@@ -11,6 +11,7 @@ use super::progress::percent;
 use super::{JobEntry, JobManager};
 use crate::storage::JobLayout;
 use crate::sync::lock;
+use crate::warning::JobWarning;
 use crate::JobId;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
@@ -64,11 +65,14 @@ pub struct JobView {
     pub audio_tracks: Option<usize>,
     pub renditions: Vec<RenditionView>,
     pub error: Option<String>,
+    /// What the package had to fill for a damaged source (empty for a
+    /// source that decoded whole).
+    pub warnings: Vec<JobWarning>,
 }
 
 /// What this pod takes from the [`JobView`] another pod sent with an event:
-/// the sender's status, playability, error and progress. Other fields are
-/// ignored; a missing field changes nothing here.
+/// the sender's status, playability, error, progress and warnings. Other
+/// fields are ignored; a missing field changes nothing here.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct RemoteView {
     #[serde(default)]
@@ -79,6 +83,8 @@ pub struct RemoteView {
     pub error: Option<String>,
     #[serde(default)]
     pub progress: Option<f64>,
+    #[serde(default)]
+    pub warnings: Vec<JobWarning>,
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -159,6 +165,7 @@ impl JobManager {
             audio_tracks: plan.as_ref().map(|p| p.audio.len()),
             renditions,
             error: record.error.clone(),
+            warnings: record.warnings.clone(),
         }
     }
 }
@@ -182,6 +189,7 @@ mod tests {
                 playable: true,
                 error: Some("one rendition failed".into()),
                 progress: Some(42.5),
+                warnings: Vec::new(),
             }
         );
         // Nulls and missing fields change nothing.

@@ -1,6 +1,7 @@
 //! The worker's events turned into job statuses and job events: a unit done
 //! becomes (at most one per 2 % step, cluster-wide) a `progress` event, the
-//! thumbnail `thumbnail_ready`, the first playable package `playable`, the
+//! thumbnail `thumbnail_ready`, the first playable package `playable`, new
+//! warnings the record's and (once cluster-wide) a `warning` event, the
 //! worker's outcome the job's end.
 //!
 //! It reads what the worker reports and never drives the worker; a unit's
@@ -10,8 +11,10 @@
 use super::model::{JobEventKind, JobStatus};
 use super::progress::{percent, step_to_report};
 use super::registry::ProgressStep;
+use super::state::Decision;
 use super::{now_ms, JobEntry, JobManager};
 use crate::sync::lock;
+use crate::warning::{self, JobWarning};
 use crate::worker::WorkerEvent;
 use std::sync::Weak;
 use tokio::sync::broadcast;
@@ -23,6 +26,7 @@ impl JobManager {
             | WorkerEvent::UnitFailed { job, .. }
             | WorkerEvent::ThumbnailReady { job }
             | WorkerEvent::Playable { job }
+            | WorkerEvent::Warnings { job, .. }
             | WorkerEvent::Finished { job, .. } => *job,
         };
         let Some(entry) = self.entry(id) else {
@@ -40,6 +44,7 @@ impl JobManager {
                 }
             }
             WorkerEvent::Playable { .. } => self.on_playable(&entry).await,
+            WorkerEvent::Warnings { warnings, .. } => self.on_warnings(&entry, warnings).await,
             WorkerEvent::Finished { outcome, .. } => self.on_finished(&entry, outcome).await,
         }
     }
@@ -81,6 +86,32 @@ impl JobManager {
         self.emit_view(entry, JobEventKind::Progress, view).await;
     }
 
+    /// Warnings this pod's worker made (and kept in Redis itself): into
+    /// the record (saved), then one `warning` event by whichever pod is
+    /// first to announce them.
+    async fn on_warnings(&self, entry: &JobEntry, warnings: Vec<JobWarning>) {
+        let record = entry.record();
+        let new: Vec<JobWarning> = warnings
+            .into_iter()
+            .filter(|w| !record.warnings.iter().any(|known| known.key() == w.key()))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        self.update(entry, |r| {
+            warning::merge(&mut r.warnings, new.iter().cloned());
+        });
+        if record.status.is_terminal() {
+            return;
+        }
+        // A batch's warnings come together: one flag for all of them (a
+        // second pod that filled the same units, while Redis was away,
+        // has the same first key).
+        if self.first_to_warn(record.id, &new[0].key()).await {
+            self.emit(entry, JobEventKind::Warning).await;
+        }
+    }
+
     async fn on_playable(&self, entry: &JobEntry) {
         if entry.record().status.is_terminal() {
             // Finished in the same breath: say it plays anyway.
@@ -94,16 +125,19 @@ impl JobManager {
         next.playable = true;
         next.status = JobStatus::Playable;
         next.updated_at_ms = now_ms();
-        if !self.wins_transition(&next).await {
+        let decision = self.decide(&next).await;
+        if decision == Decision::Lost {
             lock(&entry.record).playable = true;
             return;
         }
         self.update(entry, |r| {
             r.playable = true;
-            r.status = JobStatus::Playable;
+            r.advance(JobStatus::Playable);
         });
         self.emit(entry, JobEventKind::Playable).await;
-        if !announced {
+        // Only the pod that recorded the change in the registry sends the
+        // webhook: while Redis is away another pod may make the same change.
+        if !announced && decision == Decision::Won {
             self.notify_webhook(entry, JobEventKind::Playable);
         }
     }

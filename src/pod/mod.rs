@@ -13,6 +13,8 @@ use crate::config::PodConfig;
 mod readiness;
 
 use crate::coord::{Coordinator, FallbackCoordinator, LocalCoordinator, RedisCoordinator};
+use crate::egress::EgressPolicy;
+use crate::fetch::SourceFetch;
 use crate::jobs::registry::Registry;
 use crate::jobs::{JobManager, JobSettings};
 use crate::metrics::Metrics;
@@ -96,10 +98,15 @@ pub async fn serve(config: PodConfig) -> Result<(), PodError> {
         health.clone(),
         shutdown.clone(),
     ));
+    let egress = EgressPolicy::new(config.allow_private_urls, config.egress_test_network);
+    // The pod's one source proxy: the probe and every encode read URL
+    // sources through it.
+    let fetch = SourceFetch::new(egress);
     let worker = Arc::new(Worker::start(
         WorkerSettings::new(config.worker_id.clone(), config.run.clone()),
         coord,
         metrics.clone(),
+        fetch.clone(),
     ));
     let mut source_roots = config.source_roots.clone();
     source_roots.extend(config.watch_dir.iter().cloned());
@@ -118,7 +125,8 @@ pub async fn serve(config: PodConfig) -> Result<(), PodError> {
             source_roots,
             prefetch_segments: config.prefetch_segments,
             segment_wait: config.segment_wait,
-            egress: crate::egress::EgressPolicy::from_allow_private(config.allow_private_urls),
+            egress,
+            fetch: fetch.clone(),
         },
         Webhooks::new(
             config.webhook_secret.clone(),
@@ -192,6 +200,7 @@ pub async fn serve(config: PodConfig) -> Result<(), PodError> {
     {
         tracing::warn!("worker did not stop within the grace period");
     }
+    fetch.shutdown();
     shutdown.cancel();
     match tokio::time::timeout_at(deadline.into(), server).await {
         Ok(Ok(Ok(()))) => {}

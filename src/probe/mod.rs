@@ -7,6 +7,7 @@
 
 mod parse;
 
+use crate::fetch::{FetchError, SourceFetch, SourceInput};
 use crate::ffmpeg::{run_ffprobe, run_ffprobe_with_stderr, RunError};
 use crate::source::Source;
 use parse::{parse_packets, parse_streams};
@@ -37,8 +38,6 @@ pub enum ProbeError {
     NoVideo(String),
     #[error("source {0}: the video stream has no frames (truncated or corrupt?)")]
     NoFrames(String),
-    #[error("source {source_name}: truncated or damaged ({detail})")]
-    Truncated { source_name: String, detail: String },
     #[error("source {source_name}: video size {width}x{height} is not supported (at most {MAX_DIMENSION} per side)")]
     BadDimensions {
         source_name: String,
@@ -62,6 +61,13 @@ pub enum ProbeError {
     Run {
         source_name: String,
         error: RunError,
+    },
+    /// The pod's proxy could not fetch the source: a refused redirect, an
+    /// origin that answered an error or could not be reached.
+    #[error("source {source_name}: {error}")]
+    Fetch {
+        source_name: String,
+        error: FetchError,
     },
 }
 
@@ -131,30 +137,51 @@ pub struct SourceInfo {
     pub start_time: f64,
     pub video: VideoInfo,
     pub audio: Vec<AudioInfo>,
+    /// What ffprobe said when the file ends before its last packet (a
+    /// cut-off upload): the frames listed are the ones there are.
+    #[serde(default)]
+    pub truncated: Option<String>,
 }
 
-/// Probes `source`: streams, then every packet timestamp of the video stream.
-pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
+/// Probes `source`, read through `fetch`: streams, then every packet
+/// timestamp of the video stream.
+pub async fn probe(source: &Source, fetch: &SourceFetch) -> Result<SourceInfo, ProbeError> {
     let source_name = source.to_string();
-    let run_error = |error: RunError| match error {
+    let input = fetch
+        .open(source)
+        .await
+        .map_err(|error| ProbeError::Fetch {
+            source_name: source_name.clone(),
+            error,
+        })?;
+    let run_error = |error: RunError| match (input.failure(), error) {
+        // The proxy knows why better than ffprobe ("403 Forbidden").
+        (Some(error), _) => ProbeError::Fetch {
+            source_name: source_name.clone(),
+            error,
+        },
         // ffprobe's last line is then only "<input>: Invalid argument".
-        RunError::Failed { stderr, .. } if stderr.contains("not on whitelist") => {
+        (None, RunError::Failed { stderr, .. }) if stderr.contains("not on whitelist") => {
             ProbeError::UnsupportedFormat {
                 source_name: source_name.clone(),
                 format: refused_format(&stderr),
             }
         }
-        RunError::Failed { stderr, .. } => ProbeError::Unreadable {
+        (None, RunError::Failed { stderr, .. }) => ProbeError::Unreadable {
             source_name: source_name.clone(),
-            reason: failure_reason(&stderr),
+            reason: input.explain(&failure_reason(&stderr)),
         },
-        error => ProbeError::Run {
+        (None, error) => ProbeError::Run {
             source_name: source_name.clone(),
             error,
         },
     };
     let streams_json = run_ffprobe(
-        probe_args(source, &["-show_format", "-show_streams", "-of", "json"]),
+        probe_args(
+            &input,
+            source,
+            &["-show_format", "-show_streams", "-of", "json"],
+        ),
         PROBE_TIMEOUT,
     )
     .await
@@ -164,6 +191,7 @@ pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
     let packet_limit = format!("%+#{}", MAX_FRAMES + 1);
     let (packets, warnings) = run_ffprobe_with_stderr(
         probe_args(
+            &input,
             source,
             &[
                 "-select_streams",
@@ -180,18 +208,15 @@ pub async fn probe(source: &Source) -> Result<SourceInfo, ProbeError> {
     )
     .await
     .map_err(run_error)?;
-    let info = with_frames(&source_name, info, &packets)?;
+    let mut info = with_frames(&source_name, info, &packets)?;
     // A cut-off upload still probes, but ffprobe says so on stderr (and
-    // exits 0): refuse it here rather than fail its last segment later.
-    if let Some(line) = warnings
+    // exits 0). The packets it listed are the ones before the cut: the job
+    // is planned on them and ends with a warning naming what is missing
+    // (an upload cut before its first frame has no packets: NoFrames).
+    info.truncated = warnings
         .lines()
         .find(|line| line.contains("partial file") || line.contains("truncat"))
-    {
-        return Err(ProbeError::Truncated {
-            source_name,
-            detail: line.trim().to_string(),
-        });
-    }
+        .map(|line| input.explain(without_context(line.trim())));
     Ok(info)
 }
 
@@ -249,21 +274,34 @@ fn check_length(
     Ok(())
 }
 
-/// ffprobe arguments for `source`: quiet, and only the protocols and
-/// demuxers the source may use (a playlist or concat list would otherwise
-/// open the files and hosts it names during the probe already).
-fn probe_args(source: &Source, extra: &[&str]) -> Vec<OsString> {
+/// ffprobe arguments for `source` read as `input`: quiet, and only the
+/// protocols and demuxers the source may use (a playlist or concat list
+/// would otherwise open the files and hosts it names during the probe
+/// already).
+fn probe_args(input: &SourceInput, source: &Source, extra: &[&str]) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "-v".into(),
         "error".into(),
         "-protocol_whitelist".into(),
-        source.protocol_whitelist().into(),
+        input.protocol_whitelist().into(),
         "-format_whitelist".into(),
         source.format_whitelist().into(),
     ];
     args.extend(extra.iter().map(OsString::from));
-    args.push(source.ffmpeg_input().into());
+    args.push(input.ffmpeg_input().into());
     args
+}
+
+/// An ffprobe log line without its `[mov,mp4,... @ 0x55d0c5f0a940] `
+/// prefix (the address differs every run; the plan must not).
+fn without_context(line: &str) -> &str {
+    match line
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once("] "))
+    {
+        Some((context, message)) if context.contains(" @ ") => message,
+        _ => line,
+    }
 }
 
 /// The demuxer named in ffprobe's `[hls @ 0x...] Format not on whitelist`.
@@ -316,6 +354,16 @@ mod tests {
             "file:t.txt: Invalid data found when processing input"
         );
         assert_eq!(failure_reason(""), "ffprobe failed without a message");
+    }
+
+    #[test]
+    fn log_lines_lose_their_context_address() {
+        assert_eq!(
+            without_context("[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55a6cef5ca40] stream 0, offset 0x1d0047: partial file"),
+            "stream 0, offset 0x1d0047: partial file"
+        );
+        assert_eq!(without_context("partial file"), "partial file");
+        assert_eq!(without_context("[x] y"), "[x] y");
     }
 
     #[test]

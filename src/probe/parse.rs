@@ -132,6 +132,7 @@ pub(super) fn parse_streams(source_name: &str, json: &[u8]) -> Result<SourceInfo
         start_time: number(&format.start_time).unwrap_or(0.0),
         video,
         audio,
+        truncated: None,
     })
 }
 

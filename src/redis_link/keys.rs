@@ -13,6 +13,7 @@
 //! | `segswarm:{<job>}:job`               | hash: `status`, `record`, `plan`, progress, once-flags  | registry    |
 //! | `segswarm:{<job>}:seq`               | the last event id                                       | registry    |
 //! | `segswarm:{<job>}:history`           | list of the job's last events                           | registry    |
+//! | `segswarm:{<job>}:warnings`          | hash warning key → warning JSON (damaged source filled) | coordinator writes, registry reads |
 //! | channel `segswarm:{<job>}:events`    | each event as `<seq> <origin> <name> <job JSON>`        | registry    |
 //! | `segswarm:jobs`                      | sorted set of active jobs (priority, then age)          | registry    |
 //! | `segswarm:pods`                      | hash worker id → `<slots> <busy> <expires ms>`          | coordinator |
@@ -95,14 +96,19 @@ impl JobKeys {
         self.key("history")
     }
 
+    /// The job's warnings, one field per warning (`<kind>:<unit>`).
+    pub fn warnings(&self) -> String {
+        self.key("warnings")
+    }
+
     /// The channel of job events.
     pub fn events_channel(&self) -> String {
         self.key(EVENTS_SUFFIX)
     }
 
     /// The registry's keys that expire a while after the job ends.
-    pub fn registry_keys(&self) -> [String; 3] {
-        [self.job(), self.seq(), self.history()]
+    pub fn registry_keys(&self) -> [String; 4] {
+        [self.job(), self.seq(), self.history(), self.warnings()]
     }
 }
 
@@ -147,6 +153,7 @@ mod tests {
             keys.job(),
             keys.seq(),
             keys.history(),
+            keys.warnings(),
             keys.events_channel(),
         ] {
             assert!(key.starts_with(&format!("segswarm:{tag}:")), "{key}");

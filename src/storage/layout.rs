@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 const PLAN_FILE: &str = "job.json";
 const STATUS_FILE: &str = "status.json";
 const MASTER_PLAYLIST: &str = "master.m3u8";
-const THUMBNAIL: &str = "thumbnail.webp";
+pub(super) const THUMBNAIL: &str = "thumbnail.webp";
 /// Every media playlist's name, in its rendition's or track's folder.
 const MEDIA_PLAYLIST: &str = "index.m3u8";
 const AUDIO_DIR: &str = "audio";
@@ -184,6 +184,20 @@ impl JobLayout {
         plan.contains(&unit).then_some(unit)
     }
 
+    /// True when `path` (relative to the job folder) names one of the
+    /// job's playlists: the master, a rendition's or an audio track's.
+    pub fn is_playlist_path(plan: &Plan, path: &str) -> bool {
+        let parts: Vec<&str> = path.split('/').collect();
+        match parts.as_slice() {
+            [MASTER_PLAYLIST] => true,
+            [AUDIO_DIR, track, MEDIA_PLAYLIST] => {
+                plan.audio.iter().any(|a| a.track.to_string() == *track)
+            }
+            [rendition, MEDIA_PLAYLIST] => plan.rendition(rendition).is_some(),
+            _ => false,
+        }
+    }
+
     /// Creates the job folder, `.tmp/` and every output folder of `plan`.
     pub fn create_dirs(&self, plan: &Plan) -> Result<(), StorageError> {
         let mut dirs = vec![self.dir.clone(), self.tmp_dir()];
@@ -198,7 +212,7 @@ impl JobLayout {
 
 /// True when the playlist at `path` exists and has ENDLIST (it will not
 /// grow any more).
-pub fn is_finished_playlist(path: &Path) -> bool {
+fn is_finished_playlist(path: &Path) -> bool {
     std::fs::read(path)
         .map(|bytes| crate::hls::has_endlist(&bytes))
         .unwrap_or(false)

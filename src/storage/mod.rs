@@ -2,22 +2,30 @@
 //!
 //! Owns every path and file name under the storage root ([`Storage`] for the
 //! root, [`JobLayout`] for one job's folder: one place knows the layout) and
-//! the publish step: write under `.tmp/`, fsync, rename into place, fsync
-//! the folder ([`publish`], [`JobLayout::write_atomic`]). A reader never
-//! sees a partial file under a final name. Storage never deletes a file
-//! another pod may be serving: only an explicit purge of a whole job, and
-//! the sweeps of abandoned `.tmp/` leftovers (by age when a job starts, by
-//! claim in [`sweep`]), remove files. It knows nothing
-//! of what a playlist says beyond reading one back ([`read_playlist`]).
+//! the publish step: write under `.tmp/`, fsync, then into place with
+//! no-replace semantics, fsync the folder ([`publish`]). A reader never
+//! sees a partial file under a final name, and a published output is
+//! final: a second writer of the same name gets [`Published::AlreadyThere`].
+//! Only playlists are rewritten, and only when the caller's rule accepts
+//! the file they replace ([`JobLayout::rewrite_if`]). Storage never deletes
+//! a file another pod may be serving: only an explicit purge of a whole
+//! job, and the sweeps of abandoned `.tmp/` leftovers (by age when a job
+//! starts, by claim in [`sweep`]), remove files. It
+//! knows nothing of what a playlist says beyond reading one back
+//! ([`read_playlist`]).
+//! Lookups that must see past a network file system's cached "no such
+//! file" go through [`revalidate`] (`lookup.rs`).
 
 mod layout;
+mod lookup;
 mod plan_file;
 mod publish;
 mod sweep;
 
-pub use layout::{is_finished_playlist, AudioWorkDir, JobLayout};
+pub use layout::{AudioWorkDir, JobLayout};
+pub use lookup::revalidate;
 pub use plan_file::{read_plan, write_plan, PlanFileError};
-pub use publish::{publish, read_playlist, PlaylistError};
+pub use publish::{publish, read_playlist, PlaylistError, Published};
 
 use std::path::{Path, PathBuf};
 

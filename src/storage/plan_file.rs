@@ -1,7 +1,8 @@
-//! `job.json`: the plan as it is kept on storage, written once and read back
-//! by every pod that works on the job (resume, adoption).
+//! `job.json`: the plan as it is kept on storage, published once (no-replace,
+//! like every output) and read back by every pod that works on the job
+//! (resume, adoption).
 
-use super::{JobLayout, StorageError};
+use super::{JobLayout, Published, StorageError};
 use crate::plan::Plan;
 use std::path::PathBuf;
 
@@ -30,12 +31,12 @@ pub fn read_plan(layout: &JobLayout) -> Result<Option<Plan>, PlanFileError> {
         .map_err(|source| PlanFileError::Corrupt { path, source })
 }
 
-/// Writes `job.json` atomically.
-pub fn write_plan(layout: &JobLayout, plan: &Plan) -> Result<(), PlanFileError> {
+/// Publishes `job.json` unless one exists: [`Published::AlreadyThere`]
+/// means another writer's plan is the job's (read it back).
+pub fn write_plan(layout: &JobLayout, plan: &Plan) -> Result<Published, PlanFileError> {
     let bytes = serde_json::to_vec_pretty(plan).map_err(|source| PlanFileError::Corrupt {
         path: layout.job_json(),
         source,
     })?;
-    layout.write_atomic(&layout.job_json(), &bytes)?;
-    Ok(())
+    Ok(layout.publish_bytes(&layout.job_json(), &bytes)?.published)
 }

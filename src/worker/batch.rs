@@ -3,13 +3,14 @@
 //! giving it back, or counting a failed attempt.
 //!
 //! Storage is checked before claiming (a unit whose output exists is done
-//! without a claim). A run stopped on purpose (lease lost, job canceled,
+//! without a claim); a unit the coordinator says is done but that storage
+//! does not show goes to `unseen.rs`. A run stopped on purpose (lease lost, job canceled,
 //! shutdown) is released at once without counting an attempt.
 
 use super::job_run::JobRun;
 use super::lease::LeaseGuard;
 use super::{Shared, UnitFailure};
-use crate::coord::{ClaimOutcome, Lease};
+use crate::coord::{ClaimOutcome, Lease, LeaseCheck};
 use crate::encode::{Batch, VideoOutput};
 use crate::ffmpeg::RunControl;
 use crate::plan::Unit;
@@ -70,15 +71,9 @@ impl Shared {
                     job.book().retry_at(unit, recheck);
                 }
                 ClaimOutcome::Done if job.layout.is_done(unit) => self.unit_done(job, unit).await,
-                ClaimOutcome::Done => {
-                    // Marked done but its file is missing: storage wins,
-                    // the unit is made again.
-                    tracing::warn!(job = %id, unit = %unit, "marked done but its output is missing: redoing it");
-                    if let Err(err) = self.coord.unmark_done(id, unit).await {
-                        tracing::warn!(job = %id, unit = %unit, "unmarking: {err}");
-                    }
-                    job.book().retry_at(unit, Instant::now());
-                }
+                // Done on another pod, not visible here (yet): never
+                // encoded again while it may just be this pod's cache.
+                ClaimOutcome::Done => self.done_elsewhere(job, unit).await,
             }
         }
         (!leases.is_empty()).then(|| Claimed {
@@ -132,23 +127,35 @@ impl Shared {
             .unit_encode_seconds
             .with_label_values(&[kind])
             .observe(seconds);
-        match result {
-            Ok(verified) if guard.confirm_held().await => {
-                job.packager.learn_codecs(&verified.codecs);
-                self.publish(&job, &batch, guard.leases(), seconds).await
-            }
-            result => {
-                batch.remove_outputs();
-                match result.err() {
-                    Some(err) if !guard.is_lost() && !err.is_canceled() => {
-                        self.fail_leases(&job, guard.leases(), &UnitFailure::from(&err))
-                            .await
+        let err = match result {
+            Ok(verified) => {
+                // Lost: someone else makes the unit, drop ours. Held or
+                // unconfirmed: publish (a publish never replaces a file).
+                let check = guard.confirm().await;
+                if check != LeaseCheck::Lost {
+                    job.packager.learn_codecs(&verified.codecs);
+                    // Before publishing: no pod sees the unit done without it.
+                    if let Some(filled) = &verified.filled {
+                        self.record_filled(&job, &batch, guard.leases(), filled)
+                            .await;
                     }
-                    // Not the unit's fault: give the leases back so others
-                    // (or this pod later) take them now, not after the TTL.
-                    _ => self.give_back(&job, guard.leases()).await,
+                    return self
+                        .publish(&job, &batch, guard.leases(), check, seconds)
+                        .await;
                 }
+                None
             }
+            Err(err) => Some(err),
+        };
+        batch.remove_outputs();
+        match err {
+            Some(err) if !guard.is_lost() && !err.is_canceled() => {
+                self.fail_leases(&job, guard.leases(), &UnitFailure::from(&err))
+                    .await
+            }
+            // Not the unit's fault: give the leases back so others (or this
+            // pod later) take them now, not after the TTL.
+            _ => self.give_back(&job, guard.leases()).await,
         }
     }
 

@@ -8,6 +8,7 @@
 //! worker does that with what it wrote.
 
 use crate::encode::{Batch, EncodeError, Verified};
+use crate::fetch::SourceFetch;
 use crate::ffmpeg::RunControl;
 use crate::plan::Plan;
 use async_trait::async_trait;
@@ -27,10 +28,19 @@ pub trait Encoder: Send + Sync {
     ) -> Result<Verified, EncodeError>;
 }
 
-/// The real encoder: one ffmpeg process per batch, then the checks of
-/// [`crate::encode`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Ffmpeg;
+/// The real encoder: one ffmpeg process per batch, reading the source
+/// through the pod's [`SourceFetch`] (a path of its own for each run), then
+/// the checks of [`crate::encode`].
+#[derive(Debug, Clone)]
+pub struct Ffmpeg {
+    fetch: SourceFetch,
+}
+
+impl Ffmpeg {
+    pub fn new(fetch: SourceFetch) -> Ffmpeg {
+        Ffmpeg { fetch }
+    }
+}
 
 #[async_trait]
 impl Encoder for Ffmpeg {
@@ -40,6 +50,15 @@ impl Encoder for Ffmpeg {
         plan: &Plan,
         control: RunControl,
     ) -> Result<Verified, EncodeError> {
-        batch.run(plan, control).await
+        let input = self
+            .fetch
+            .open(&plan.source)
+            .await
+            .map_err(|error| EncodeError::Fetch {
+                what: batch.describe(),
+                source_name: plan.source.to_string(),
+                error: Box::new(error),
+            })?;
+        batch.run(plan, &input, control).await
     }
 }

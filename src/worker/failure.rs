@@ -23,6 +23,23 @@ pub enum FailureKind {
     /// The output failed verification before publishing: wrong frame count,
     /// no keyframe first, wrong size, an incomplete audio playlist.
     BadOutput,
+    /// The pod's proxy could not fetch a URL source: a redirect or address
+    /// the egress policy refuses, an origin that answered an error or could
+    /// not be reached.
+    SourceFetch,
+    /// The source yields no decodable frame for the unit, the same way
+    /// twice (encode/damage.rs): trying again cannot help.
+    Undecodable,
+}
+
+impl FailureKind {
+    /// True when the source is to blame: another attempt (here or on
+    /// another pod) cannot succeed, so the unit fails for good at once, and
+    /// the pod is not failing (its failure circuit does not count it).
+    /// Every other kind is retried with backoff up to the attempts limit.
+    pub fn is_source_fault(self) -> bool {
+        matches!(self, FailureKind::Undecodable)
+    }
 }
 
 /// A failed attempt of a unit.
@@ -68,12 +85,14 @@ impl From<&EncodeError> for UnitFailure {
     fn from(error: &EncodeError) -> Self {
         let kind = match error {
             EncodeError::Verify { .. } => FailureKind::BadOutput,
+            EncodeError::Undecodable { .. } => FailureKind::Undecodable,
             EncodeError::Run { error: run, .. } if run.is_disk_full() => FailureKind::DiskFull,
             EncodeError::Run {
                 error: RunError::Stalled { .. },
                 ..
             } => FailureKind::EncoderStalled,
             EncodeError::Run { .. } => FailureKind::EncoderFailed,
+            EncodeError::Fetch { .. } => FailureKind::SourceFetch,
         };
         UnitFailure {
             kind,
@@ -124,5 +143,18 @@ mod tests {
             },
         };
         assert_eq!(UnitFailure::from(&killed).kind, FailureKind::EncoderFailed);
+        assert!(!FailureKind::EncoderFailed.is_source_fault());
+        let undecodable = EncodeError::Undecodable {
+            what: "segment 1 of 240p".into(),
+            media: "video frame",
+            start: 4.0,
+            end: 8.0,
+        };
+        let failure = UnitFailure::from(&undecodable);
+        assert_eq!(failure.kind, FailureKind::Undecodable);
+        assert!(failure.kind.is_source_fault());
+        assert!(failure
+            .message
+            .contains("no decodable video frame from 4.000 s"));
     }
 }

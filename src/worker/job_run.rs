@@ -1,15 +1,17 @@
 //! One job the worker runs: its plan, its folder, its units' book, its
-//! playlists' packager and how it ended. Shared by the slots, requests and
-//! notices of this pod; the job manager and the CLI read its progress and
-//! wait for its outcome.
+//! playlists' packager, the warnings its outputs earned and how it ended.
+//! Shared by the slots, requests and notices of this pod; the job manager
+//! and the CLI read its progress and warnings and wait for its outcome.
 
 use super::schedule::JobPolicy;
 use super::units::UnitBook;
+use super::unseen::UnseenOutputs;
 use super::{JobOptions, JobOutcome};
 use crate::plan::{Plan, Unit};
 use crate::playlists::{Availability, Packager};
 use crate::storage::JobLayout;
 use crate::sync::lock;
+use crate::warning::{self, JobWarning};
 use crate::JobId;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,6 +36,11 @@ pub struct JobRun {
     /// The master playlist plays (set once, by this pod's packager).
     pub(super) plays: AtomicBool,
     book: Mutex<UnitBook>,
+    /// Units done elsewhere that this pod cannot see on storage yet.
+    pub(super) unseen: UnseenOutputs,
+    /// What this pod's outputs filled for a damaged source, and the plan's
+    /// own warning (a cut-off source).
+    warnings: Mutex<Vec<JobWarning>>,
     pub(super) outcome: watch::Sender<Option<JobOutcome>>,
 }
 
@@ -45,8 +52,14 @@ impl JobRun {
         sequence: u64,
         cancel: CancellationToken,
     ) -> JobRun {
-        let book = UnitBook::new(&plan, |unit| layout.is_done(unit), Instant::now());
+        // From folder listings: one per rendition, and no lookup of a name
+        // that may not exist yet (a network file system would keep that
+        // "no such file" for a while, hiding the file once another pod
+        // publishes it).
+        let published = layout.published_units(&plan);
+        let book = UnitBook::new(&plan, |unit| published.contains(unit), Instant::now());
         let (outcome, _) = watch::channel(None);
+        let warnings = super::warnings::plan_warnings(&plan);
         JobRun {
             packager: Packager::new(plan.clone(), layout.clone(), options.listing),
             skipped: book.progress().0,
@@ -58,6 +71,8 @@ impl JobRun {
             publishing: tokio::sync::Mutex::new(()),
             plays: AtomicBool::new(false),
             book: Mutex::new(book),
+            unseen: UnseenOutputs::default(),
+            warnings: Mutex::new(warnings),
             outcome,
         }
     }
@@ -94,6 +109,19 @@ impl JobRun {
                     .count();
                 (r.name.clone(), done, total)
             })
+            .collect()
+    }
+
+    /// The warnings this pod knows of (sorted by time).
+    pub fn warnings(&self) -> Vec<JobWarning> {
+        lock(&self.warnings).clone()
+    }
+
+    /// Adds warnings; returns those that were new.
+    pub(super) fn add_warnings(&self, new: Vec<JobWarning>) -> Vec<JobWarning> {
+        let mut list = lock(&self.warnings);
+        new.into_iter()
+            .filter(|w| warning::merge(&mut list, [w.clone()]))
             .collect()
     }
 
@@ -137,7 +165,6 @@ impl JobRun {
                 || self.layout.audio_playlist(a.track).is_file()
         });
         Availability {
-            contiguous: book.contiguous().clone(),
             failed: book.failed_renditions().cloned().collect(),
             audio_listed,
         }

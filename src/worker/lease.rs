@@ -3,11 +3,11 @@
 //!
 //! [`LeaseGuard`] renews every lease each TTL/3, but only while the encoder
 //! printed progress within the stall timeout (a hung encoder does not keep
-//! its claims). A renewal or a [`LeaseGuard::confirm_held`] that finds a
-//! lease held by someone else marks the batch lost and cancels its run at
-//! once. It never releases or completes a lease; the batch does.
+//! its claims). A renewal or a [`LeaseGuard::confirm`] that finds a lease
+//! held by someone else marks the batch lost and cancels its run at once.
+//! It never releases or completes a lease; the batch does.
 
-use crate::coord::{Coordinator, Lease};
+use crate::coord::{Coordinator, Lease, LeaseCheck};
 use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,25 +80,34 @@ impl LeaseGuard {
         self.lost.is_cancelled()
     }
 
-    /// Renews every lease once, now; false (and the batch lost) when one is
-    /// held by someone else. Asked before publishing: a pod frozen past its
-    /// TTL (SIGSTOP, a paused VM) resumes with ffmpeg finished and the
-    /// taker's output already published, and its renewer may not have run
-    /// since. The renewal also covers the rename that follows. A
-    /// coordinator error says nothing about the lease, so it counts as held:
-    /// publishing is safe, only wasteful.
-    pub(super) async fn confirm_held(&self) -> bool {
+    /// Checks every lease once, now, right before publishing: a pod frozen
+    /// past its TTL (SIGSTOP, a paused VM) resumes with ffmpeg finished and
+    /// the taker's output possibly published, and its renewer may not have
+    /// run since. [`LeaseCheck::Lost`] (one lease held by someone else:
+    /// the batch is lost) drops the outputs. A lease that cannot be
+    /// confirmed (Redis away, claims made locally during a fallback) is
+    /// [`LeaseCheck::Unconfirmed`], not held: the outputs are published
+    /// anyway, since a publish never replaces a file, and counted. The
+    /// leases are asked at once, and the coordinator bounds each answer, so
+    /// this never waits for a Redis timeout per file.
+    pub(super) async fn confirm(&self) -> LeaseCheck {
         if self.is_lost() {
-            return false;
+            return LeaseCheck::Lost;
         }
-        for lease in &self.leases {
-            if let Ok(false) = self.coord.renew(lease).await {
+        let checks =
+            futures_util::future::join_all(self.leases.iter().map(|l| self.coord.confirm(l))).await;
+        for (lease, check) in self.leases.iter().zip(&checks) {
+            if *check == LeaseCheck::Lost {
                 tracing::warn!(unit = %lease.unit, "lease lost before publishing; dropping the output");
                 mark_lost(&self.metrics, &self.lost, &self.run);
-                return false;
+                return LeaseCheck::Lost;
             }
         }
-        true
+        if checks.contains(&LeaseCheck::Unconfirmed) {
+            LeaseCheck::Unconfirmed
+        } else {
+            LeaseCheck::Held
+        }
     }
 }
 

@@ -10,7 +10,9 @@
 //!   [`outcome`]: done, failed, retried, playlists, the job's end;
 //! - [`health`]: the failure circuit; [`request`]: on-demand units;
 //!   [`notices`]: what other pods finished or gave back; [`tmp_sweep`]: an
-//!   ended job's `.tmp/` swept by claim.
+//!   ended job's `.tmp/` swept by claim; [`unseen`]: units done elsewhere
+//!   that this pod's storage does not show yet;
+//! - [`warnings`]: what a damaged source made the outputs fill.
 //!
 //! It never parses requests or prints anything for a user.
 
@@ -31,6 +33,8 @@ mod schedule;
 mod slots;
 mod tmp_sweep;
 mod units;
+mod unseen;
+mod warnings;
 
 pub use encoder::{Encoder, Ffmpeg};
 pub use failure::{FailureKind, UnitFailure};
@@ -39,11 +43,13 @@ pub use request::RequestError;
 
 use crate::config::RunSettings;
 use crate::coord::Coordinator;
+use crate::fetch::SourceFetch;
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Unit};
 use crate::playlists::Listing;
 use crate::storage::{JobLayout, StorageError};
 use crate::sync::lock;
+use crate::warning::JobWarning;
 use crate::JobId;
 use health::FailureCircuit;
 use serde::Serialize;
@@ -111,6 +117,12 @@ pub enum WorkerEvent {
     },
     Playable {
         job: JobId,
+    },
+    /// New warnings of the job (what this pod's outputs filled for a
+    /// damaged source, or the plan's own when the job is added).
+    Warnings {
+        job: JobId,
+        warnings: Vec<JobWarning>,
     },
     Finished {
         job: JobId,
@@ -196,14 +208,15 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Creates the worker with the real encoder (ffmpeg) and starts its
-    /// slots.
+    /// Creates the worker with the real encoder (ffmpeg, reading URL
+    /// sources through `fetch`) and starts its slots.
     pub fn start(
         settings: WorkerSettings,
         coord: Arc<dyn Coordinator>,
         metrics: Arc<Metrics>,
+        fetch: SourceFetch,
     ) -> Worker {
-        Worker::with_encoder(settings, coord, metrics, Arc::new(Ffmpeg))
+        Worker::with_encoder(settings, coord, metrics, Arc::new(Ffmpeg::new(fetch)))
     }
 
     /// Creates the worker with `encoder` making the outputs and starts its
@@ -291,6 +304,12 @@ impl Worker {
             let mut jobs = lock(&shared.jobs);
             jobs.push(job.clone());
             jobs.sort_by_key(|job| (std::cmp::Reverse(job.options.priority), job.sequence));
+        }
+        let warnings = job.warnings();
+        if !warnings.is_empty() {
+            let _ = shared
+                .events
+                .send(WorkerEvent::Warnings { job: id, warnings });
         }
         shared.publish_playlists(&job).await;
         shared.maybe_finish(&job).await;

@@ -40,7 +40,8 @@ impl Shared {
     }
 
     /// Records a failed attempt for each lease: retry later with backoff, or
-    /// fail the unit for good after `max_attempts`.
+    /// fail the unit for good after `max_attempts` (at once for a failure
+    /// no retry can mend, such as a source with no decodable frame there).
     pub(super) async fn fail_leases(
         &self,
         job: &Arc<JobRun>,
@@ -66,8 +67,12 @@ impl Shared {
                 .units_failed
                 .with_label_values(&[lease.unit.kind(), rendition])
                 .inc();
-            self.circuit.record_failure(job.id(), &lease.unit);
-            let permanent = attempts >= self.settings.run.max_attempts;
+            // A source that cannot be decoded says nothing about this pod.
+            if !failure.kind.is_source_fault() {
+                self.circuit.record_failure(job.id(), &lease.unit);
+            }
+            let permanent =
+                failure.kind.is_source_fault() || attempts >= self.settings.run.max_attempts;
             tracing::warn!(job = %job.id(), unit = %lease.unit, attempts, permanent, kind = ?failure.kind, "unit failed: {failure}");
             if permanent {
                 job.book().fail(&lease.unit, &failure.message);

@@ -1,21 +1,33 @@
 //! Moving verified outputs into place, and publishing an audio track while
 //! it is still being encoded.
 //!
-//! A video segment or the thumbnail is one rename. An audio track is
+//! Every output is published with no-replace semantics
+//! ([`storage::publish`]): the first complete copy of a name wins, and a
+//! batch that finds its output already there drops its copy, counts it
+//! (`segswarm_duplicate_outputs_total`) and still completes its lease,
+//! because the unit is done. A batch whose leases could not be confirmed
+//! (Redis away, local claims during a fallback) publishes the same way and
+//! is counted (`segswarm_unconfirmed_publishes_total`).
+//!
+//! A video segment or the thumbnail is one publish. An audio track is
 //! published as ffmpeg's hls muxer finishes segments (copied, with an EVENT
 //! playlist of ours), because a long source's audio takes minutes and a
 //! player needs only its first segment; the track is done when the final
-//! publish writes its playlist with ENDLIST, last. Nothing here replaces a
-//! playlist that has ENDLIST with a growing one.
+//! publish writes its playlist with ENDLIST, last. The final publish finds
+//! the segments it copied early already there (its own copies, not another
+//! writer's: not counted); the track is a duplicate only when another
+//! writer had already published its final playlist. Audio playlists only
+//! grow, like every media playlist ([`crate::playlists::growth`]).
 
 use super::job_run::JobRun;
 use super::lease::LeaseGuard;
 use super::{Shared, UnitFailure};
-use crate::coord::Lease;
+use crate::coord::{Lease, LeaseCheck};
 use crate::encode::{Batch, EncodeError, Verified};
 use crate::ffmpeg::RunControl;
 use crate::hls;
-use crate::storage::{self, AudioWorkDir, StorageError};
+use crate::playlists::growth::{self, MediaState};
+use crate::storage::{self, AudioWorkDir, Published, StorageError};
 use m3u8_rs::MediaPlaylist;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,21 +37,26 @@ use std::time::Duration;
 const AUDIO_TRICKLE_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Shared {
-    /// Moves verified outputs into place and completes their leases
-    /// (`seconds`: how long the batch's encode took, for the log).
+    /// Moves verified outputs into place and completes their leases.
+    /// `check` is what the leases' confirmation found (never lost here);
+    /// `seconds`: how long the batch's encode took, for the log.
     pub(super) async fn publish(
         &self,
         job: &Arc<JobRun>,
         batch: &Batch,
         leases: &[Lease],
+        check: LeaseCheck,
         seconds: f64,
     ) {
+        let confirmed = check == LeaseCheck::Held;
         match batch {
             Batch::Video { segment, outputs } => {
                 for (output, lease) in outputs.iter().zip(leases) {
                     let target = job.layout.segment(&output.rendition.name, segment.index);
                     match self.publish_file(&output.tmp_path, &target) {
-                        Ok(()) => self.complete(job, lease, seconds).await,
+                        Ok(published) => {
+                            self.settle(job, lease, published, confirmed, seconds).await
+                        }
                         Err(err) => {
                             let _ = std::fs::remove_file(&output.tmp_path);
                             let failure = UnitFailure::from(&err);
@@ -51,37 +68,75 @@ impl Shared {
             }
             Batch::Thumbnail { tmp_path } => {
                 match self.publish_file(tmp_path, &job.layout.thumbnail()) {
-                    Ok(()) => self.complete(job, &leases[0], seconds).await,
-                    Err(err) => self.fail_leases(job, leases, &(&err).into()).await,
+                    Ok(published) => {
+                        self.settle(job, &leases[0], published, confirmed, seconds)
+                            .await
+                    }
+                    Err(err) => {
+                        let _ = std::fs::remove_file(tmp_path);
+                        self.fail_leases(job, leases, &(&err).into()).await
+                    }
                 }
             }
             Batch::Audio { track, work } => {
                 let result = self.publish_audio(job, *track, work);
                 let _ = std::fs::remove_dir_all(work.path());
                 match result {
-                    Ok(()) => self.complete(job, &leases[0], seconds).await,
+                    Ok(published) => {
+                        self.settle(job, &leases[0], published, confirmed, seconds)
+                            .await
+                    }
                     Err(failure) => self.fail_leases(job, leases, &failure).await,
                 }
             }
         }
     }
 
-    fn publish_file(&self, from: &Path, to: &Path) -> Result<(), StorageError> {
-        let bytes = std::fs::metadata(from).map(|m| m.len()).unwrap_or(0);
-        let seconds = storage::publish(from, to)?;
-        self.metrics.storage_write_seconds.observe(seconds);
-        self.metrics.bytes_written.inc_by(bytes);
-        Ok(())
+    /// Counts what a publish found, then completes the lease: the unit is
+    /// done whoever's copy is on storage.
+    async fn settle(
+        &self,
+        job: &Arc<JobRun>,
+        lease: &Lease,
+        published: Published,
+        confirmed: bool,
+        seconds: f64,
+    ) {
+        if !confirmed {
+            self.metrics.unconfirmed_publishes.inc();
+        }
+        if published == Published::AlreadyThere {
+            self.metrics
+                .duplicate_outputs
+                .with_label_values(&[lease.unit.kind()])
+                .inc();
+            tracing::info!(job = %job.id(), unit = %lease.unit, confirmed, "output already published by another writer; this copy dropped");
+        }
+        self.complete(job, lease, seconds).await
     }
 
-    /// Publishes a verified audio rendition: every segment, then its final
-    /// playlist (whose ENDLIST marks the unit done).
+    fn publish_file(&self, from: &Path, to: &Path) -> Result<Published, StorageError> {
+        let bytes = std::fs::metadata(from).map(|m| m.len()).unwrap_or(0);
+        let publication = storage::publish(from, to)?;
+        self.metrics
+            .storage_write_seconds
+            .observe(publication.seconds);
+        if publication.published == Published::Won {
+            self.metrics.bytes_written.inc_by(bytes);
+        }
+        Ok(publication.published)
+    }
+
+    /// Publishes a verified audio rendition: every segment (those copied
+    /// while it was encoded are there already, and stay), then its final
+    /// playlist (whose ENDLIST marks the unit done). [`Published::AlreadyThere`]
+    /// when another writer had published the final playlist first.
     fn publish_audio(
         &self,
         job: &JobRun,
         track: usize,
         work: &AudioWorkDir,
-    ) -> Result<(), UnitFailure> {
+    ) -> Result<Published, UnitFailure> {
         let playlist =
             storage::read_playlist(&work.playlist()).map_err(|e| UnitFailure::from(&e))?;
         for segment in &playlist.segments {
@@ -89,12 +144,19 @@ impl Shared {
             self.publish_file(&work.file(&name), &job.layout.audio_segment(track, &name))
                 .map_err(|e| UnitFailure::from(&e))?;
         }
-        job.layout
-            .write_atomic(
-                &job.layout.audio_playlist(track),
-                &hls::audio_playlist(&playlist, true),
-            )
-            .map_err(|e| UnitFailure::from(&e))
+        let listed = MediaState {
+            segments: playlist.segments.len(),
+            finished: true,
+        };
+        let path = job.layout.audio_playlist(track);
+        let bytes = hls::audio_playlist(&playlist, true);
+        let written = growth::write_media(&job.layout, &path, &bytes, listed)
+            .map_err(|e| UnitFailure::from(&e))?;
+        Ok(if written {
+            Published::Won
+        } else {
+            Published::AlreadyThere
+        })
     }
 
     /// Runs an audio batch, publishing each segment ffmpeg has finished and
@@ -143,8 +205,8 @@ impl Shared {
             return published;
         }
         // As before the final publish: a pod resumed after its lease expired
-        // must not publish over the taker's files.
-        if !guard.confirm_held().await {
+        // stops here. An unconfirmed lease may publish (nothing is replaced).
+        if guard.confirm().await == LeaseCheck::Lost {
             return published;
         }
         match self.publish_audio_so_far(job, track, work, &playlist, published) {
@@ -162,7 +224,8 @@ impl Shared {
 
     /// Publishes the segments of ffmpeg's growing `playlist` beyond the
     /// first `published` (copies: ffmpeg's folder stays whole for the final
-    /// check), then our EVENT playlist listing them all.
+    /// check), then our EVENT playlist listing them all, unless the file on
+    /// storage lists more or is final (another pod finished the track).
     fn publish_audio_so_far(
         &self,
         job: &JobRun,
@@ -175,17 +238,20 @@ impl Shared {
             let name = hls::file_name(&segment.uri);
             let from = work.file(&name);
             let bytes = std::fs::read(&from).map_err(|e| StorageError::new("reading", &from, e))?;
-            job.layout
-                .write_atomic(&job.layout.audio_segment(track, &name), &bytes)?;
-            self.metrics.bytes_written.inc_by(bytes.len() as u64);
+            let publication = job
+                .layout
+                .publish_bytes(&job.layout.audio_segment(track, &name), &bytes)?;
+            if publication.published == Published::Won {
+                self.metrics.bytes_written.inc_by(bytes.len() as u64);
+            }
         }
-        let target = job.layout.audio_playlist(track);
-        // Another pod may have finished the track (after a takeover): never
-        // replace a final playlist with a growing one.
-        if !storage::is_finished_playlist(&target) {
-            job.layout
-                .write_atomic(&target, &hls::audio_playlist(playlist, false))?;
-        }
+        let listed = MediaState {
+            segments: playlist.segments.len(),
+            finished: false,
+        };
+        let path = job.layout.audio_playlist(track);
+        let bytes = hls::audio_playlist(playlist, false);
+        growth::write_media(&job.layout, &path, &bytes, listed)?;
         Ok(())
     }
 }

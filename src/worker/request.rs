@@ -38,7 +38,10 @@ impl Worker {
     /// Makes sure `unit` of a running job exists on storage, ahead of
     /// background work: claims it now if it is free, or waits for whoever is
     /// making it. The next `prefetch` segments of the same rendition are
-    /// queued first.
+    /// queued first. `Ok` also when another pod published it but this pod's
+    /// storage does not show it yet (a network file system's cache): the
+    /// caller then looks the file up with
+    /// [`revalidate`](crate::storage::revalidate).
     pub async fn request(
         &self,
         id: JobId,
@@ -85,6 +88,10 @@ impl Worker {
                         shared
                             .tasks
                             .spawn(async move { owner.run_claimed(claimed).await });
+                    } else if job.unseen.contains(unit) {
+                        // Published by another pod, not visible here yet:
+                        // the caller looks it up again until it is.
+                        return Ok(());
                     } else if matches!(job.book().state(unit), Some(UnitState::Pending { .. })) {
                         // Another pod holds it: wake on its completion notice
                         // or when its claim expires, not on a poll.

@@ -37,8 +37,6 @@ pub(super) struct UnitBook {
     /// Index in `order` before which every unit is done or failed.
     cursor: usize,
     done: usize,
-    /// Per rendition: segments from 0 done without a hole.
-    contiguous: HashMap<String, usize>,
     failed_renditions: BTreeSet<String>,
     failures: Vec<String>,
     /// Units asked for ahead of the normal order (prefetch after a request).
@@ -66,22 +64,17 @@ impl UnitBook {
             })
             .collect();
         let done = states.values().filter(|s| **s == UnitState::Done).count();
-        let mut book = UnitBook {
+        UnitBook {
             states,
             order,
             cursor: 0,
             done,
-            contiguous: HashMap::new(),
             failed_renditions: BTreeSet::new(),
             failures: Vec::new(),
             wanted: BTreeSet::new(),
             solo: BTreeSet::new(),
             finished: false,
-        };
-        for rendition in &plan.renditions {
-            book.advance_contiguous(&rendition.name);
         }
-        book
     }
 
     // ------------------------------------------------------------ reading
@@ -134,11 +127,6 @@ impl UnitBook {
             .collect();
         units.sort();
         units
-    }
-
-    /// Per rendition: segments from 0 done without a hole.
-    pub(super) fn contiguous(&self) -> &HashMap<String, usize> {
-        &self.contiguous
     }
 
     pub(super) fn failed_renditions(&self) -> impl Iterator<Item = &String> {
@@ -214,10 +202,6 @@ impl UnitBook {
         }
         *state = UnitState::Done;
         self.done += 1;
-        if let Unit::Video { rendition, .. } = unit {
-            let rendition = rendition.clone();
-            self.advance_contiguous(&rendition);
-        }
         true
     }
 
@@ -274,17 +258,6 @@ impl UnitBook {
         !std::mem::replace(&mut self.finished, true)
     }
 
-    fn advance_contiguous(&mut self, rendition: &str) {
-        let mut count = self.contiguous.get(rendition).copied().unwrap_or(0);
-        while self.is_done(&Unit::Video {
-            rendition: rendition.to_string(),
-            index: count,
-        }) {
-            count += 1;
-        }
-        self.contiguous.insert(rendition.to_string(), count);
-    }
-
     /// The outcome of a job whose units are all done or failed.
     pub(super) fn outcome(&self, plan: &Plan) -> JobOutcome {
         if self.failures.is_empty() {
@@ -323,57 +296,9 @@ impl UnitBook {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::config::EncodeSettings;
-    use crate::plan::{AudioTrack, Rendition, Segment, Thumbnail};
     use std::time::Duration;
 
-    /// A plan of `segments` segments in 240p and 360p with one audio track.
-    pub(crate) fn plan(segments: usize) -> Plan {
-        let rendition = |name: &str, height| Rendition {
-            name: name.into(),
-            width: height * 16 / 9,
-            height,
-            bitrate: 400_000,
-            maxrate: 480_000,
-            bufsize: 800_000,
-            threads: 1,
-        };
-        Plan {
-            version: crate::plan::PLAN_VERSION,
-            job_id: crate::JobId::nil(),
-            source: crate::source::Source::Url("http://example.com/a.mp4".into()),
-            settings: EncodeSettings::default(),
-            start_time: 0.0,
-            video_stream: 0,
-            duration: 6.0 * segments as f64,
-            total_frames: 180 * segments,
-            renditions: vec![rendition("240p", 240), rendition("360p", 360)],
-            segments: (0..segments)
-                .map(|index| Segment {
-                    index,
-                    first_frame: index * 180,
-                    frames: 180,
-                    start: 6.0 * index as f64,
-                    seek: 0.0,
-                    trim_from: None,
-                    duration: 6.0,
-                })
-                .collect(),
-            audio: vec![AudioTrack {
-                track: 0,
-                stream_index: 1,
-                name: "audio".into(),
-                language: None,
-                channels: 2,
-                bitrate: 128_000,
-            }],
-            thumbnail: Thumbnail {
-                time: 0.0,
-                width: 640,
-                height: 360,
-            },
-        }
-    }
+    pub(crate) use crate::plan::fixture::plan;
 
     pub(crate) fn video(rendition: &str, index: usize) -> Unit {
         Unit::Video {
@@ -389,8 +314,6 @@ pub(super) mod tests {
         assert_eq!(book.progress(), (1, 8));
         assert!(book.is_done(&video("240p", 0)));
         assert!(book.is_ready(&video("240p", 1), now));
-        assert_eq!(book.contiguous()["240p"], 1);
-        assert_eq!(book.contiguous()["360p"], 0);
     }
 
     #[test]
@@ -409,10 +332,6 @@ pub(super) mod tests {
         book.unreserve(&unit, now);
         book.wake(&unit, now);
         assert!(book.is_done(&unit));
-        // Segment 1 is done but not 0: nothing contiguous yet.
-        assert_eq!(book.contiguous()["240p"], 0);
-        assert!(book.mark_done(&video("240p", 0)));
-        assert_eq!(book.contiguous()["240p"], 2);
     }
 
     #[test]

@@ -43,10 +43,16 @@ impl Cluster {
     /// Starts a Redis server; pods store into `<root>/storage` and may read
     /// sources anywhere under `root`.
     pub fn new(root: &Path) -> Cluster {
+        Cluster::with_redis(root, RedisServer::start())
+    }
+
+    /// As [`Cluster::new`], with a Redis server the caller started (e.g.
+    /// one that also listens on network namespaces' links).
+    pub fn with_redis(root: &Path, redis: RedisServer) -> Cluster {
         Cluster {
             root: root.to_path_buf(),
             storage: root.join("storage"),
-            redis: RedisServer::start(),
+            redis,
             envs: Vec::new(),
             pods: Vec::new(),
         }
@@ -72,7 +78,13 @@ impl Cluster {
     /// A builder for a member named `name`: shared Redis, storage and source
     /// roots, the cluster's environment, `SEGSWARM_WORKER_ID=name`.
     pub fn builder(&self, name: &str) -> PodBuilder {
-        let mut builder = Pod::builder(&self.storage)
+        self.builder_on(name, &self.storage)
+    }
+
+    /// [`Cluster::builder`] for a member that stores into `storage`
+    /// instead of the shared folder (its own mount of it, for example).
+    pub fn builder_on(&self, name: &str, storage: &Path) -> PodBuilder {
+        let mut builder = Pod::builder(storage)
             .env("REDIS_URL", self.redis.url())
             .env("SEGSWARM_SOURCE_ROOTS", self.root.to_str().unwrap())
             .env("SEGSWARM_WORKER_ID", name);
@@ -253,9 +265,10 @@ impl Cluster {
 
 /// An `ffmpeg` wrapper in `dir` that logs every invocation like
 /// [`FfmpegWrapper`] (`<unix time> <args>`) and, when the arguments contain
-/// `pattern`, waits `hold` before running the real ffmpeg, giving up
-/// (exit 1, without running ffmpeg) as soon as the pod that started it is
-/// gone, so that a killed pod leaves nothing behind.
+/// `pattern`, waits `hold` before running the real ffmpeg (or until
+/// [`FfmpegWrapper::release_holds`]), giving up (exit 1, without running
+/// ffmpeg) as soon as the pod that started it is gone, so that a killed pod
+/// leaves nothing behind.
 pub fn hold_wrapper(dir: &Path, pattern: &str, hold: Duration) -> FfmpegWrapper {
     let log = dir.join("ffmpeg-invocations.log");
     write_wrapper(dir, &log, false, Some((pattern, hold)))
@@ -287,15 +300,18 @@ fn write_wrapper(
         None => String::new(),
         Some((pattern, hold)) => {
             let ticks = (hold.as_millis() / 20).max(1);
+            let release = bin_dir.join(RELEASE_FILE);
             format!(
                 "case \"$*\" in *'{pattern}'*)\n\
                  \x20 i=0\n\
                  \x20 while [ $i -lt {ticks} ]; do\n\
                  \x20   kill -0 $PPID 2>/dev/null || exit 1\n\
+                 \x20   [ -e '{release}' ] && break\n\
                  \x20   sleep 0.02\n\
                  \x20   i=$((i+1))\n\
                  \x20 done;;\n\
-                 esac\n"
+                 esac\n",
+                release = release.display()
             )
         }
     };
@@ -314,6 +330,10 @@ fn write_wrapper(
     }
 }
 
+/// The file whose existence ends every hold of a wrapper early
+/// ([`FfmpegWrapper::release_holds`]).
+const RELEASE_FILE: &str = "release-holds";
+
 /// One ffmpeg run logged by a [`traced_wrapper`].
 #[derive(Clone, Debug)]
 pub struct Encode {
@@ -329,6 +349,12 @@ pub struct Encode {
 }
 
 impl FfmpegWrapper {
+    /// Ends the holds of this wrapper's encodes now (those waiting go on
+    /// to run ffmpeg) and of every later one.
+    pub fn release_holds(&self) {
+        std::fs::write(self.bin_dir.join(RELEASE_FILE), b"").unwrap();
+    }
+
     /// Every run logged by a [`traced_wrapper`], in log order.
     pub fn encodes(&self) -> Vec<Encode> {
         std::fs::read_to_string(&self.log)

@@ -12,7 +12,7 @@ use std::process::Command;
 use m3u8_rs::{AlternativeMediaType, MasterPlaylist, MediaPlaylist, MediaPlaylistType, Playlist};
 use serde_json::Value;
 
-use super::media::{ffprobe_json, num, packet_span, probe_source, SourceMedia};
+use super::media::{ffprobe_json, num, probe_source, probe_source_as, SourceMedia, Timeline};
 use super::process::seg_files;
 
 /// Boundary tolerance between consecutive segments (seconds).
@@ -89,8 +89,40 @@ pub struct AudioTrackReport {
 /// the video within 100 ms; the whole package decodes with ffmpeg without a
 /// single error.
 pub fn validate_hls(out_dir: &Path, source: &Path) -> HlsReport {
-    let source = probe_source(source);
+    check_no_warnings(out_dir);
+    validate_hls_against(out_dir, probe_source(source))
+}
 
+/// A healthy source's package fills nothing: a pod's record of the job
+/// (`status.json`, when there is one) has no warnings. This keeps every
+/// test of a healthy source a test that nothing was made up, now that a
+/// segment short of frames is filled rather than failed.
+fn check_no_warnings(out_dir: &Path) {
+    let path = out_dir.join("status.json");
+    let Ok(text) = fs::read_to_string(&path) else {
+        return;
+    };
+    let record: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let warnings = record["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        warnings.is_empty(),
+        "{}: a healthy source's job has warnings: {warnings:?}",
+        path.display()
+    );
+}
+
+/// [`validate_hls`] for a damaged source: the package must have the
+/// frames segswarm planned (every video packet of the source, whether it
+/// decodes or not), at the packets' times, with the same checks otherwise
+/// (no gaps, IDR first, duration to the frame, audio continuous, decodes
+/// without an error).
+pub fn validate_hls_as_planned(out_dir: &Path, source: &Path) -> HlsReport {
+    validate_hls_against(out_dir, probe_source_as(source, Timeline::Packets))
+}
+
+/// The checks of [`validate_hls`] against a probed source.
+pub fn validate_hls_against(out_dir: &Path, source: SourceMedia) -> HlsReport {
     check_job_json(out_dir);
     check_thumbnail(out_dir);
 
@@ -652,6 +684,21 @@ fn check_audio_tracks(
             .flatten()
             .find_map(|(_, d)| *d)
             .unwrap_or_else(|| panic!("{uri}: no audio packet has a duration"));
+        // Inside a segment too: a hole in the audio (a damaged source's
+        // packets the decoder refused) must have been filled.
+        for (k, packets) in per_segment.iter().enumerate() {
+            let mut sorted = packets.clone();
+            sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for pair in sorted.windows(2) {
+                let end = pair[0].0 + pair[0].1.unwrap_or(frame);
+                assert!(
+                    (pair[1].0 - end).abs() <= BOUNDARY_TOLERANCE,
+                    "{uri}: segment {k} has a hole or overlap in its audio: a packet ends at \
+                     {end:.6}, the next starts at {:.6}",
+                    pair[1].0
+                );
+            }
+        }
         let mut start = f64::INFINITY;
         let mut end = f64::NEG_INFINITY;
         let mut prev_end: Option<f64> = None;

@@ -361,9 +361,24 @@ impl SourceMedia {
     }
 }
 
+/// Where [`SourceMedia::frames`] come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeline {
+    /// The frames the source decodes to (a healthy source: every packet).
+    Decoded,
+    /// The source's video packets, decodable or not: what segswarm plans
+    /// on, and what a damaged source's package must still have.
+    Packets,
+}
+
 /// Probes a source: stream properties, rotation, decoded frame timestamps and
 /// audio spans.
 pub fn probe_source(path: &Path) -> SourceMedia {
+    probe_source_as(path, Timeline::Decoded)
+}
+
+/// [`probe_source`] with the frames taken from `timeline`.
+pub fn probe_source_as(path: &Path, timeline: Timeline) -> SourceMedia {
     let streams = ffprobe_json(
         &[
             "-show_entries",
@@ -386,24 +401,30 @@ pub fn probe_source(path: &Path) -> SourceMedia {
         })
         .unwrap_or(0) as i32;
 
-    let frames_json = ffprobe_json(
-        &[
-            "-select_streams",
-            "v:0",
-            "-show_entries",
+    let (entries, list, pts_key, duration_key) = match timeline {
+        Timeline::Decoded => (
             "frame=best_effort_timestamp_time,pkt_duration_time",
-        ],
-        path,
-    );
-    let mut frames: Vec<Frame> = frames_json["frames"]
+            "frames",
+            "best_effort_timestamp_time",
+            "pkt_duration_time",
+        ),
+        Timeline::Packets => (
+            "packet=pts_time,duration_time",
+            "packets",
+            "pts_time",
+            "duration_time",
+        ),
+    };
+    let frames_json = ffprobe_json(&["-select_streams", "v:0", "-show_entries", entries], path);
+    let mut frames: Vec<Frame> = frames_json[list]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .iter()
         .filter_map(|f| {
             Some(Frame {
-                pts: num(f, "best_effort_timestamp_time")?,
-                duration: num(f, "pkt_duration_time").unwrap_or(0.0),
+                pts: num(f, pts_key)?,
+                duration: num(f, duration_key).unwrap_or(0.0),
             })
         })
         .collect();

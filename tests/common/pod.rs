@@ -1,10 +1,11 @@
-//! Pods under test: `segswarm serve` on a free loopback port, an HTTP client
-//! for its API, an SSE reader, Prometheus text parsing, a raw HTTP GET that
-//! sends a request target exactly as written, and an `ffmpeg` wrapper for
-//! fault injection and counting encodes.
+//! Pods under test: `segswarm serve` on a free loopback port (or inside a
+//! network namespace, [`PodNetns`]), an HTTP client for its API, an SSE
+//! reader, Prometheus text parsing, a raw HTTP GET that sends a request
+//! target exactly as written, and an `ffmpeg` wrapper for fault injection
+//! and counting encodes.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -25,6 +26,20 @@ pub struct PodBuilder {
     token: Option<String>,
     test_defaults: bool,
     cpus: Option<String>,
+    netns: Option<PodNetns>,
+    args: Vec<String>,
+}
+
+/// A pod that runs inside a network namespace (`ip netns exec`), listening
+/// on one of the namespace's addresses, with its own `/etc/hosts` when
+/// `hosts` is set: bind-mounted over `/etc/hosts` in the pod's own mount
+/// namespace (which `ip netns exec` creates), so the pod's resolver reads it
+/// and the machine's file is not touched.
+#[derive(Clone, Debug)]
+pub struct PodNetns {
+    pub name: String,
+    pub listen: IpAddr,
+    pub hosts: Option<PathBuf>,
 }
 
 impl PodBuilder {
@@ -61,19 +76,59 @@ impl PodBuilder {
         self
     }
 
+    /// Runs the pod inside a network namespace (see [`PodNetns`]); not
+    /// together with [`PodBuilder::taskset`].
+    pub fn in_netns(mut self, placement: PodNetns) -> Self {
+        self.netns = Some(placement);
+        self
+    }
+
+    /// Adds a flag of `segswarm serve` (for settings without an
+    /// environment variable).
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Where the pod listens: a free loopback port, or a port of the
+    /// namespace's address.
+    fn listen_addr(&self) -> SocketAddr {
+        let ip = match &self.netns {
+            Some(placement) => placement.listen,
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        SocketAddr::new(ip, free_port())
+    }
+
     /// The `segswarm serve` command with this builder's environment,
     /// listening on `addr`, its stdout and stderr going to `log`.
     fn command(&self, addr: SocketAddr, log: &Path) -> Command {
         let log_file = std::fs::File::create(log).expect("create pod log");
-        let mut cmd = match &self.cpus {
-            Some(cpus) => {
+        assert!(
+            self.netns.is_none() || self.cpus.is_none(),
+            "a pod in a network namespace cannot also be pinned with taskset"
+        );
+        // `ip netns exec`, `sh` and `taskset` all exec the next program, so
+        // the child's pid is the pod's.
+        let mut cmd = match (&self.netns, &self.cpus) {
+            (Some(placement), _) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &placement.name]);
+                if let Some(hosts) = &placement.hosts {
+                    cmd.args(["sh", "-c", r#"mount --bind "$0" /etc/hosts && exec "$@""#])
+                        .arg(hosts);
+                }
+                cmd.arg(bin());
+                cmd
+            }
+            (None, Some(cpus)) => {
                 let mut cmd = Command::new("taskset");
                 cmd.arg("-c").arg(cpus).arg(bin());
                 cmd
             }
-            None => Command::new(bin()),
+            (None, None) => Command::new(bin()),
         };
-        cmd.arg("serve");
+        cmd.arg("serve").args(&self.args);
         for (key, _) in std::env::vars() {
             if key.starts_with("SEGSWARM_") || key == "REDIS_URL" {
                 cmd.env_remove(key);
@@ -118,9 +173,8 @@ impl PodBuilder {
     /// exit status (None if it was still running; it is then killed) and
     /// its output.
     pub fn run_until_exit(self, limit: Duration) -> (Option<ExitStatus>, String) {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log = self.log_path(port);
+        let addr = self.listen_addr();
+        let log = self.log_path(addr.port());
         let mut child = self
             .command(addr, &log)
             .spawn()
@@ -143,9 +197,8 @@ impl PodBuilder {
     /// Starts the pod and waits until `/healthz` answers.
     pub async fn start(self) -> Pod {
         std::fs::create_dir_all(&self.storage).expect("create storage dir");
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log = self.log_path(port);
+        let addr = self.listen_addr();
+        let log = self.log_path(addr.port());
         let mut cmd = self.command(addr, &log);
         let child = cmd.spawn().expect("spawn segswarm serve");
         let client = reqwest::Client::builder()
@@ -195,6 +248,8 @@ impl Pod {
             token: None,
             test_defaults: true,
             cpus: None,
+            netns: None,
+            args: Vec::new(),
         }
     }
 
@@ -238,7 +293,8 @@ impl Pod {
         self.child.id()
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://<address>:<port><path>` (127.0.0.1 unless the pod runs in a
+    /// network namespace).
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

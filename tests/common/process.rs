@@ -85,6 +85,11 @@ pub fn assert_transcode_ok(output: &Output) -> String {
         !stderr.contains("panicked"),
         "segswarm transcode panicked:\n{stderr}"
     );
+    // A healthy source fills nothing (damaged sources: tests/damaged_sources.rs).
+    assert!(
+        !stderr.contains("the source is damaged") && !stderr.contains("is cut off"),
+        "segswarm transcode filled frames of a source it should decode whole:\n{stderr}"
+    );
     let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
     assert!(
         last.is_some_and(|l| l.starts_with("done:") && l.contains("renditions")),

@@ -21,6 +21,9 @@ pub struct RedisServer {
     tls: Option<Tls>,
     /// Where a [`RedisServer::stop_keeping_data`] snapshot goes.
     data_dir: PathBuf,
+    /// Addresses it also listens on besides 127.0.0.1 (the host ends of
+    /// test network namespaces).
+    extra_binds: Vec<std::net::Ipv4Addr>,
 }
 
 /// A TLS-only server's files and password.
@@ -35,15 +38,29 @@ impl RedisServer {
     /// Starts a server on a free loopback port and waits until it answers
     /// PING.
     pub fn start() -> RedisServer {
+        RedisServer::start_also_on(&[])
+    }
+
+    /// Starts a server that also listens on `addrs` (which must exist, e.g.
+    /// the host ends of [`super::netns::NetNs`] links), for pods in other
+    /// network namespaces: [`RedisServer::url_via`].
+    pub fn start_also_on(addrs: &[std::net::Ipv4Addr]) -> RedisServer {
         let port = free_port();
         let mut server = RedisServer {
             port,
             child: None,
             tls: None,
             data_dir: data_dir(port),
+            extra_binds: addrs.to_vec(),
         };
         server.start_again();
         server
+    }
+
+    /// `redis://<addr>:<port>/`: the URL for a pod that reaches the server
+    /// at `addr` (one of [`RedisServer::start_also_on`]'s addresses).
+    pub fn url_via(&self, addr: std::net::Ipv4Addr) -> String {
+        format!("redis://{addr}:{}/", self.port)
     }
 
     /// Starts a TLS-only server that requires `password`, with a CA and a
@@ -125,6 +142,7 @@ impl RedisServer {
             child: None,
             tls: Some(tls),
             data_dir: data_dir(port),
+            extra_binds: Vec::new(),
         };
         server.start_again();
         server
@@ -196,8 +214,16 @@ impl RedisServer {
                     .args(["--requirepass", &tls.password]),
                 None => command.args(["--port", &self.port.to_string()]),
             };
+            command.arg("--bind").arg("127.0.0.1");
+            for addr in &self.extra_binds {
+                command.arg(addr.to_string());
+            }
+            if !self.extra_binds.is_empty() {
+                // Other namespaces are other hosts to Redis: without a
+                // password it only answers loopback unless told otherwise.
+                command.args(["--protected-mode", "no"]);
+            }
             let mut child = command
-                .args(["--bind", "127.0.0.1"])
                 .arg("--dir")
                 .arg(&self.data_dir)
                 .args(["--save", ""])

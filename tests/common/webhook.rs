@@ -12,7 +12,14 @@ pub type Received = Arc<Mutex<Vec<(u16, HashMap<String, String>, Vec<u8>)>>>;
 /// Starts the receiver; returns its URL and what it received. It answers
 /// 200, or 500 to the very first request when `fail_first`.
 pub fn webhook_receiver(fail_first: bool) -> (String, Received) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind webhook receiver");
+    webhook_receiver_on(std::net::Ipv4Addr::LOCALHOST, fail_first)
+}
+
+/// As [`webhook_receiver`], listening on `addr` (e.g. `0.0.0.0`, for pods
+/// in network namespaces, which reach it at their link's host address: the
+/// URL returned then names `addr`, replace its host).
+pub fn webhook_receiver_on(addr: std::net::Ipv4Addr, fail_first: bool) -> (String, Received) {
+    let listener = TcpListener::bind((addr, 0)).expect("bind webhook receiver");
     let url = format!(
         "http://{}/hook",
         listener.local_addr().expect("receiver address")

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use segswarm::settings::{
     validate_max_attempts, worker_id_or_hostname, ClaimTtl, LogFormat, PodConfig, RunSettings,
-    Slots, DEFAULT_SEGMENT_DURATION,
+    Slots, TestNetwork, DEFAULT_SEGMENT_DURATION,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +91,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SEGSWARM_ALLOW_PRIVATE_URLS", default_value = "false",
           value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub allow_private_urls: bool,
+    /// For tests of the address check only: a network inside 198.18.0.0/15
+    /// (e.g. 198.18.161.4/30) whose addresses count as public. No
+    /// environment variable on purpose (see docs/configuration.md).
+    #[arg(long, value_name = "A.B.C.D/PREFIX")]
+    pub egress_test_network: Option<TestNetwork>,
     /// Folder whose new video files become jobs.
     #[arg(long, env = "SEGSWARM_WATCH_DIR")]
     pub watch_dir: Option<PathBuf>,
@@ -186,6 +191,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .filter(|p| !p.as_os_str().is_empty())
             .collect(),
         allow_private_urls: args.allow_private_urls,
+        egress_test_network: args.egress_test_network,
         watch_dir: args.watch_dir,
         watch_poll: args.watch_poll,
         watch_settle: Duration::from_millis(args.watch_settle_ms),

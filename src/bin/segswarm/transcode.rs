@@ -85,6 +85,11 @@ pub async fn run(args: TranscodeArgs) -> anyhow::Result<ExitCode> {
                 Ok(WorkerEvent::UnitFailed { unit, failure, permanent, .. }) => {
                     bar.suspend(|| eprintln!("warning: {unit} failed{}: {failure}", if permanent { " for good" } else { ", retrying" }));
                 }
+                Ok(WorkerEvent::Warnings { warnings, .. }) => bar.suspend(|| {
+                    for warning in &warnings {
+                        eprintln!("warning: {}", warning.message);
+                    }
+                }),
                 _ => {}
             },
             _ = stop_signal() => {
@@ -104,6 +109,16 @@ pub async fn run(args: TranscodeArgs) -> anyhow::Result<ExitCode> {
         JobOutcome::Done | JobOutcome::Partial { .. } => {
             if let JobOutcome::Partial { reason } = &outcome {
                 eprintln!("warning: finished with failures (partial): {reason}");
+            }
+            let warnings = job.warnings();
+            if !warnings.is_empty() {
+                let frames: usize = warnings.iter().map(|w| w.frames_filled).sum();
+                let silence: f64 = warnings.iter().map(|w| w.silence_filled).sum();
+                eprintln!(
+                    "warning: the source is damaged: {} warning(s), {frames} video frame(s) \
+                     repeated, {silence:.3} s of audio filled with silence (see above)",
+                    warnings.len()
+                );
             }
             println!("HLS: {}", master.display());
             println!(

@@ -275,6 +275,18 @@ impl Registry {
         .await
     }
 
+    /// The job's warnings as the pods' coordinators kept them (JSON texts).
+    pub async fn warnings(&self, job: JobId) -> Result<Vec<String>, RegistryError> {
+        let mut conn = self.connection("warnings").await?;
+        self.bounded(
+            "warnings",
+            redis::cmd("HVALS")
+                .arg(JobKeys::new(job).warnings())
+                .query_async(&mut *conn),
+        )
+        .await
+    }
+
     /// Tells every pod to stop the job.
     pub async fn cancel(&self, job: JobId) -> Result<(), RegistryError> {
         let mut conn = self.connection("cancel").await?;

@@ -22,8 +22,11 @@ pub enum Incoming {
     Cancel(JobId),
     /// A job event emitted by another pod.
     Event(RemoteEvent),
-    /// The subscription was (re)established: notices may have been missed.
+    /// The subscription was (re)established, or the periodic rescan is due:
+    /// notices may have been missed.
     Resync,
+    /// The quick storage check of a pod working alone (Redis away) is due.
+    Converge,
 }
 
 /// A job event as a pod published it (live, or read back from the history).
@@ -103,6 +106,7 @@ mod tests {
                     playable: false,
                     error: None,
                     progress: Some(12.5),
+                    warnings: Vec::new(),
                 },
             }
         );
