@@ -163,8 +163,8 @@ def make_clip(name, seconds):
     return f"/media/{name}"
 
 
-def submit(source):
-    status, body = http("POST", "/v1/jobs", {"source": source})
+def submit(source, **settings):
+    status, body = http("POST", "/v1/jobs", {"source": source, **settings})
     check(status == 201, f"POST /v1/jobs through nginx accepted {source} (status {status}: {body[:200]!r})")
     return json.loads(body)["id"]
 
@@ -285,7 +285,9 @@ def main():
     check(owner == "10001", "the volume's files are written by uid 10001")
 
     # ------------------------------------------ job B: docker kill ----
-    job_b = submit(clips["b"])
+    # 6 s segments: each video unit runs long enough for the test to see it
+    # held with its file (2 s units can end between two looks).
+    job_b = submit(clips["b"], segment_duration=6)
     by_host = {hostname(c): c for c in replicas}
     redis = docker("ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}",
                    "--filter", "label=com.docker.compose.service=redis").split()[0]
@@ -293,16 +295,19 @@ def main():
 
     def victim_with_a_file():
         """A replica holding a video unit of B whose in-progress file exists
-        (the claim's value in Redis is `<token> <worker_id>`)."""
-        for holder in holders():
-            if holder["job"] != job_b or holder["worker_id"] not in by_host \
-                    or not holder["unit"].startswith("video/"):
-                continue
-            value = docker("exec", redis, "redis-cli", "GET",
-                           f"segswarm:{{{job_b}}}:claim:{holder['unit']}", check_status=False)
+        (the claim's value in Redis is `<token> <worker_id>`). Three calls per
+        look (the cluster view, one listing of the shared .tmp/, one MGET), so
+        a look stays shorter than a unit's encode on a loaded machine."""
+        held = [h for h in holders() if h["job"] == job_b and h["worker_id"] in by_host
+                and h["unit"].startswith("video/")]
+        if not held:
+            return None
+        names = docker("exec", replicas[0], "ls", tmp_b, check_status=False).split()
+        keys = [f"segswarm:{{{job_b}}}:claim:{h['unit']}" for h in held]
+        values = docker("exec", redis, "redis-cli", "MGET", *keys, check_status=False).splitlines()
+        for holder, value in zip(held, values):
             token = value.split(" ")[0] if " " in value else ""
-            names = docker("exec", by_host[holder["worker_id"]], "ls", tmp_b, check_status=False)
-            if token and any(name.startswith(token) for name in names.split()):
+            if token and any(name.startswith(token) for name in names):
                 return holder["worker_id"], token
         return None
     victim, token = wait(victim_with_a_file, 120, "a replica to hold a unit of job B with its file in .tmp/")
