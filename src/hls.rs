@@ -36,6 +36,20 @@ pub struct Variant {
     pub with_audio: bool,
 }
 
+/// The I-frame playlist of one video rendition in a master playlist
+/// (`EXT-X-I-FRAME-STREAM-INF`, trick play).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IFrameVariant {
+    /// URI of its I-frame playlist, relative to the master.
+    pub uri: String,
+    /// Peak bit/s of its I-frames.
+    pub bandwidth: u64,
+    /// RFC 6381 codec of the video alone.
+    pub codecs: String,
+    pub width: u32,
+    pub height: u32,
+}
+
 /// One audio rendition of a master playlist (`EXT-X-MEDIA:TYPE=AUDIO`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AudioMedia {
@@ -94,9 +108,25 @@ pub fn audio_playlist(ffmpeg_playlist: &MediaPlaylist, finished: bool) -> Vec<u8
     media_playlist(segments, target, finished)
 }
 
-/// The master playlist: `variants`, and `audio` as one group.
-pub fn master_playlist(variants: Vec<Variant>, audio: Vec<AudioMedia>) -> Vec<u8> {
+/// The master playlist: `variants`, the I-frame playlists `iframes` and
+/// `audio` as one group.
+pub fn master_playlist(
+    variants: Vec<Variant>,
+    iframes: Vec<IFrameVariant>,
+    audio: Vec<AudioMedia>,
+) -> Vec<u8> {
     set_float_precision();
+    let iframes = iframes.into_iter().map(|variant| VariantStream {
+        is_i_frame: true,
+        uri: variant.uri,
+        bandwidth: variant.bandwidth,
+        codecs: Some(variant.codecs),
+        resolution: Some(Resolution {
+            width: u64::from(variant.width),
+            height: u64::from(variant.height),
+        }),
+        ..VariantStream::default()
+    });
     let variants = variants
         .into_iter()
         .map(|variant| VariantStream {
@@ -111,6 +141,7 @@ pub fn master_playlist(variants: Vec<Variant>, audio: Vec<AudioMedia>) -> Vec<u8
             audio: variant.with_audio.then(|| AUDIO_GROUP.to_string()),
             ..VariantStream::default()
         })
+        .chain(iframes)
         .collect();
     let alternatives = audio
         .into_iter()
@@ -166,7 +197,9 @@ pub fn file_name(uri: &str) -> String {
     uri.rsplit('/').next().unwrap_or(uri).to_string()
 }
 
-fn set_float_precision() {
+/// Sets how many decimals m3u8-rs writes in EXTINF (every playlist writer
+/// calls it first).
+pub fn set_float_precision() {
     // m3u8-rs writes EXTINF with this many decimals; microseconds are plenty
     // and keep f32 noise out of the playlists.
     m3u8_rs::WRITE_OPT_FLOAT_PRECISION.store(6, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! Encoding: the one place that builds ffmpeg arguments ([`args`]), the
 //! checks an output must pass before it may be published ([`verify`]),
-//! reading what an MPEG-TS segment holds ([`mpegts`]), and telling a
+//! reading what an MPEG-TS segment holds ([`mpegts`]) and where its
+//! keyframes lie ([`ts_keyframes`], for I-frame playlists), and telling a
 //! damaged source from a failed encode, filling what the source lacks
 //! ([`damage`]).
 //!
@@ -13,6 +14,7 @@
 mod args;
 mod damage;
 pub mod mpegts;
+pub mod ts_keyframes;
 mod verify;
 
 pub use damage::{AudioGap, Filled};

@@ -207,15 +207,15 @@ fn codec_string(sps: &SeqParameterSet) -> String {
 
 /// What the NAL units of one access unit say.
 #[derive(Default)]
-struct AccessUnit {
-    idr: bool,
+pub(super) struct AccessUnit {
+    pub(super) idr: bool,
     sps: Option<SeqParameterSet>,
     sps_error: Option<String>,
 }
 
 /// Splits an access unit (Annex B byte stream) into NAL units: notes an IDR
 /// slice and parses the first sequence parameter set.
-fn read_access_unit(bytes: &[u8]) -> Result<AccessUnit, TsError> {
+pub(super) fn read_access_unit(bytes: &[u8]) -> Result<AccessUnit, TsError> {
     let mut unit = AccessUnit::default();
     {
         let mut reader = AnnexBReader::accumulate(|nal: RefNal<'_>| {

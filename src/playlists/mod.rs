@@ -9,18 +9,24 @@
 //! cache) keeps the file. The master lists every rendition it listed
 //! before, whoever wrote it.
 //!
+//! Each video rendition also gets an I-frame playlist for trick play
+//! ([`iframes`]), grown under the same rule and listed in the master
+//! (`EXT-X-I-FRAME-STREAM-INF`) once it exists.
+//!
 //! The [`Packager`] decides and measures; [`crate::hls`] writes the text and
 //! [`crate::storage`] names and publishes the files. It never encodes and
 //! never decides what is done: the worker tells it which renditions failed
 //! and whether the job ended ([`Availability`]).
 
 pub mod growth;
+pub mod iframes;
 
 use crate::encode::video_codec_string;
 use crate::hls::{self, AudioMedia, Variant, AUDIO_CODEC};
 use crate::plan::Plan;
 use crate::storage::{self, JobLayout, PlaylistError, StorageError};
 use growth::MediaState;
+use iframes::IFrameIndex;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -64,6 +70,8 @@ pub struct Packager {
     listing: Listing,
     /// What was last written, so an unchanged master is not rewritten.
     written: Mutex<Written>,
+    /// Keyframe byte ranges of the published segments (I-frame playlists).
+    iframes: IFrameIndex,
 }
 
 #[derive(Default)]
@@ -80,6 +88,7 @@ impl Packager {
             layout,
             listing,
             written: Mutex::new(Written::default()),
+            iframes: IFrameIndex::default(),
         }
     }
 
@@ -96,6 +105,9 @@ impl Packager {
                 continue;
             }
             let listed = self.update_media(&rendition.name)?;
+            if self.listing == Listing::Progressive {
+                self.update_iframes(&rendition.name, listed)?;
+            }
             let is_ready = match self.listing {
                 Listing::Progressive => listed.segments > 0 && (!complete || listed.finished),
                 Listing::Full => true,
@@ -197,17 +209,32 @@ impl Packager {
                     self.lock().codecs.contains_key(name) || self.layout.segment(name, 0).is_file()
                 })
                 .collect();
+            // A rendition's I-frame playlist is listed once it exists (or
+            // the file lists it already).
+            let with_iframes: Vec<String> = listed
+                .iter()
+                .filter(|name| {
+                    let uri = JobLayout::iframe_playlist_uri(name);
+                    on_file.contains(&uri) || self.layout.iframe_playlist(name).is_file()
+                })
+                .cloned()
+                .collect();
             let uris: Vec<String> = listed
                 .iter()
                 .map(|name| JobLayout::media_playlist_uri(name))
+                .chain(
+                    with_iframes
+                        .iter()
+                        .map(|name| JobLayout::iframe_playlist_uri(name)),
+                )
                 .collect();
-            let key = (listed.clone(), complete, measured);
+            let key = (uris.clone(), complete, measured);
             let unchanged =
                 self.lock().master.as_ref() == Some(&key) && growth::master_keeps(&uris, &on_file);
             if unchanged {
                 return Ok(true);
             }
-            let bytes = self.master_playlist(&listed).await?;
+            let bytes = self.master_playlist(&listed, &with_iframes).await?;
             if growth::write_master(&self.layout, &path, &bytes, &uris)? {
                 self.lock().master = Some(key);
                 return Ok(true);
@@ -235,9 +262,14 @@ impl Packager {
         hls::media_playlist(segments, target, finished)
     }
 
-    /// The master playlist listing `renditions`, with bandwidths measured on
-    /// the segments that exist and codecs read from segment 0.
-    async fn master_playlist(&self, renditions: &[String]) -> Result<Vec<u8>, PackageError> {
+    /// The master playlist listing `renditions` (and the I-frame playlists
+    /// of `with_iframes`), with bandwidths measured on the segments that
+    /// exist and codecs read from segment 0.
+    async fn master_playlist(
+        &self,
+        renditions: &[String],
+        with_iframes: &[String],
+    ) -> Result<Vec<u8>, PackageError> {
         let has_audio = !self.plan.audio.is_empty();
         let audio_peak = if has_audio {
             self.audio_peak_bandwidth()?
@@ -245,6 +277,7 @@ impl Packager {
             0
         };
         let mut variants = Vec::new();
+        let mut iframe_variants = Vec::new();
         for name in renditions {
             let Some(rendition) = self.plan.rendition(name) else {
                 continue;
@@ -253,6 +286,9 @@ impl Packager {
                 .video_bandwidth(name)
                 .unwrap_or((rendition.maxrate, rendition.bitrate));
             let mut codecs = self.codec_of(name).await;
+            if with_iframes.contains(name) {
+                iframe_variants.extend(self.iframe_variant(name, &codecs));
+            }
             if has_audio {
                 codecs = format!("{codecs},{AUDIO_CODEC}");
             }
@@ -278,7 +314,7 @@ impl Packager {
                 channels: track.channels,
             })
             .collect();
-        Ok(hls::master_playlist(variants, audio))
+        Ok(hls::master_playlist(variants, iframe_variants, audio))
     }
 
     /// Remembers the codec strings read from verified segments. The first

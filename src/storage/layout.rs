@@ -4,6 +4,7 @@
 //! ```text
 //! job.json  status.json  master.m3u8  thumbnail.webp
 //! <rendition>/index.m3u8  <rendition>/seg_00000.ts ...
+//! <rendition>/iframes.m3u8   (I-frame playlist: byte ranges of the segments)
 //! audio/<track>/index.m3u8  audio/<track>/seg_00000.ts ...
 //! .tmp/   in-progress files, named per claim token
 //! ```
@@ -21,6 +22,9 @@ const MASTER_PLAYLIST: &str = "master.m3u8";
 pub(super) const THUMBNAIL: &str = "thumbnail.webp";
 /// Every media playlist's name, in its rendition's or track's folder.
 const MEDIA_PLAYLIST: &str = "index.m3u8";
+/// A video rendition's I-frame playlist (trick play), beside its media
+/// playlist.
+const IFRAME_PLAYLIST: &str = "iframes.m3u8";
 const AUDIO_DIR: &str = "audio";
 const TMP_DIR: &str = ".tmp";
 /// [`segment_name`] as an ffmpeg output template (the audio muxer numbers
@@ -76,6 +80,11 @@ impl JobLayout {
 
     pub fn media_playlist(&self, rendition: &str) -> PathBuf {
         self.rendition_dir(rendition).join(MEDIA_PLAYLIST)
+    }
+
+    /// A video rendition's I-frame playlist (`EXT-X-I-FRAMES-ONLY`).
+    pub fn iframe_playlist(&self, rendition: &str) -> PathBuf {
+        self.rendition_dir(rendition).join(IFRAME_PLAYLIST)
     }
 
     pub fn segment(&self, rendition: &str, index: usize) -> PathBuf {
@@ -135,6 +144,11 @@ impl JobLayout {
         format!("{rendition}/{MEDIA_PLAYLIST}")
     }
 
+    /// URI of a rendition's I-frame playlist, relative to the master.
+    pub fn iframe_playlist_uri(rendition: &str) -> String {
+        format!("{rendition}/{IFRAME_PLAYLIST}")
+    }
+
     /// URI of an audio track's playlist, relative to the master.
     pub fn audio_playlist_uri(track: usize) -> String {
         format!("{AUDIO_DIR}/{track}/{MEDIA_PLAYLIST}")
@@ -185,7 +199,8 @@ impl JobLayout {
     }
 
     /// True when `path` (relative to the job folder) names one of the
-    /// job's playlists: the master, a rendition's or an audio track's.
+    /// job's playlists: the master, a rendition's (media or I-frame) or an
+    /// audio track's.
     pub fn is_playlist_path(plan: &Plan, path: &str) -> bool {
         let parts: Vec<&str> = path.split('/').collect();
         match parts.as_slice() {
@@ -193,7 +208,7 @@ impl JobLayout {
             [AUDIO_DIR, track, MEDIA_PLAYLIST] => {
                 plan.audio.iter().any(|a| a.track.to_string() == *track)
             }
-            [rendition, MEDIA_PLAYLIST] => plan.rendition(rendition).is_some(),
+            [rendition, MEDIA_PLAYLIST | IFRAME_PLAYLIST] => plan.rendition(rendition).is_some(),
             _ => false,
         }
     }
@@ -264,6 +279,10 @@ mod tests {
         assert_eq!(
             layout.dir().join(JobLayout::media_playlist_uri("240p")),
             layout.media_playlist("240p")
+        );
+        assert_eq!(
+            layout.dir().join(JobLayout::iframe_playlist_uri("240p")),
+            layout.iframe_playlist("240p")
         );
         assert_eq!(
             layout.dir().join(JobLayout::audio_playlist_uri(1)),

@@ -3,6 +3,8 @@
 //! Every test file does `mod common;` and uses what it needs from here:
 //! - [`media`]: generate small test clips with ffmpeg's lavfi sources and probe
 //!   media with ffprobe.
+//! - [`iframes`]: check a job's I-frame playlists (trick play): every
+//!   entry's map and byte range demux alone and start with an IDR.
 //! - [`hls`]: validate an HLS output folder end to end (playlists, IDR first,
 //!   no gaps, duration to the frame, decodes cleanly).
 //! - [`process`]: the binary under test, scratch directories, running
@@ -49,6 +51,7 @@ pub mod browser;
 pub mod cluster;
 pub mod finality;
 pub mod hls;
+pub mod iframes;
 pub mod integrity;
 pub mod media;
 pub mod mounts;
