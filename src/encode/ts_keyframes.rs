@@ -46,7 +46,12 @@ pub fn read(path: &Path) -> Result<KeyframeIndex, TsError> {
     scan(std::io::BufReader::with_capacity(1 << 16, file))
 }
 
-/// An access unit being read: where it starts and its bytes so far.
+/// How much of an access unit is kept to tell an IDR: its first slice's
+/// NAL header follows the access unit delimiter, parameter sets and SEI,
+/// a few hundred bytes in; the rest of the picture is not needed.
+const KEPT_BYTES: usize = 64 * 1024;
+
+/// An access unit being read: where it starts and its first bytes.
 struct Pending {
     offset: u64,
     pts: Option<u64>,
@@ -92,7 +97,8 @@ pub fn scan(reader: impl Read) -> Result<KeyframeIndex, TsError> {
                 });
             }
             TsPayload::PesContinuation(data) => match pending.as_mut() {
-                Some(unit) => unit.bytes.extend_from_slice(&data),
+                Some(unit) if unit.bytes.len() < KEPT_BYTES => unit.bytes.extend_from_slice(&data),
+                Some(_) => {}
                 None => {
                     return Err(TsError::Demux(
                         "video data before its first PES header".into(),

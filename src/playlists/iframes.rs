@@ -126,11 +126,14 @@ pub fn iframe_playlist(iframes: &[IFrame], target_duration: u64, finished: bool)
     bytes
 }
 
-/// The keyframes of a job's published segments, per (rendition, segment),
-/// read once per pod: a published segment never changes.
+/// A published segment: (rendition, segment index).
+type SegmentKey = (String, usize);
+
+/// The keyframes of a job's published segments, read once per pod: a
+/// published segment never changes.
 #[derive(Default)]
 pub struct IFrameIndex {
-    read: Mutex<HashMap<(String, usize), Arc<Vec<IFrame>>>>,
+    read: Mutex<HashMap<SegmentKey, Arc<Vec<IFrame>>>>,
 }
 
 impl IFrameIndex {
